@@ -1,0 +1,216 @@
+"""The configuration schema: every hyper-parameter of pretraining, with the paper's defaults (spec §A2, §A12).
+
+Defaults reproduce the XKD Kinetics-400 recipe. ``configs/pretrain/*_avdigits_cpu.yaml`` scale it down for a CPU.
+``docs/CONFIG.md`` maps each key to the paper and to the original code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from xkd.config_io import ConfigError, dump_config, from_dict, load_config, to_dict
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class LogMelConfig:
+    """Log-mel front end (librosa conventions: centred STFT, Hann window, power spectrum, Slaney mel)."""
+
+    sample_rate: int = 16000
+    n_fft: int = 1024
+    win_length: int = 1024
+    hop_length: int = 143
+    n_mels: int = 80
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    log_eps: float = 1.1920928955078125e-07  # float32 machine epsilon, as in the original code
+    norm_mean: float = -5.3688107  # Kinetics-400 statistics of the log-mel values
+    norm_std: float = 4.410007
+
+
+@dataclass
+class VideoViewConfig:
+    """One video view: random resized crop, flip, colour jitter, grayscale, blur, then ImageNet normalisation."""
+
+    crop_size: int = 112
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    p_flip: float = 0.5
+    color_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.2)  # brightness, contrast, saturation, hue
+    p_color: float = 1.0
+    p_gray: float = 0.0
+    p_blur: float = 0.0
+    blur_kernel: int = 9
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+@dataclass
+class AudioViewConfig:
+    """One audio view: a waveform segment with gain jitter, log-mel, optional BYOL-A random resize crop."""
+
+    duration: float | None = None  # seconds; None = the whole clip window (global view)
+    start_multiple: int = 100  # local segment starts on a multiple of this many samples
+    gain: tuple[float, float] = (0.9, 1.1)
+    random_resize_crop: bool = False
+    virtual_crop_scale: tuple[float, float] = (1.0, 1.5)
+    freq_scale: tuple[float, float] = (0.6, 1.5)
+    time_scale: tuple[float, float] = (0.6, 1.5)
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how one training sample is made (spec §A2)."""
+
+    manifest: str = ""  # CSV manifest (see xkd.data.manifest); empty = must be given on the command line
+    root: str = ""  # prefix for relative paths in the manifest; empty = the manifest's folder
+    split: str = "train"  # rows of this split are used (empty = all rows)
+    extra_audio_manifest: str = ""  # optional audio-only clips for audio pretraining volume (unused when empty)
+    clip_duration: float = 4.0
+    video_fps: float = 8.0
+    resize_short: int = 112  # short side after decoding (the "Basic" resize)
+    min_duration: float = 1.1  # files shorter than this are bad media
+    video_mean: tuple[float, float, float] = IMAGENET_MEAN
+    video_std: tuple[float, float, float] = IMAGENET_STD
+    video_global: VideoViewConfig = field(default_factory=VideoViewConfig)
+    video_local: VideoViewConfig = field(
+        default_factory=lambda: VideoViewConfig(crop_size=96, crop_scale=(0.08, 0.4), p_gray=0.2, p_blur=0.5)
+    )
+    num_local_views: int = 1  # video local views (3 in MAS / MATS)
+    temporal_ratio: int = 4  # a local video view holds num_frames / temporal_ratio frames
+    logmel: LogMelConfig = field(default_factory=LogMelConfig)
+    audio_global: AudioViewConfig = field(default_factory=AudioViewConfig)
+    audio_local: AudioViewConfig = field(
+        default_factory=lambda: AudioViewConfig(duration=1.0, gain=(0.8, 1.2), random_resize_crop=True)
+    )
+    bad_media: Literal["skip", "error"] = "skip"  # skip = log, count and replace by another sample
+    missing_audio: Literal["skip", "silence"] = "skip"  # silence = use a silent track for video-only files
+    num_workers: int = 2
+    batch_size: int = 32  # per process, per micro-step
+
+
+@dataclass
+class EncoderConfig:
+    dim: int = 768
+    depth: int = 12
+    heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = False
+
+
+@dataclass
+class ModelConfig:
+    """Encoders, decoders and heads (spec §A3)."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder_dim: int = 384
+    decoder_depth: int = 4
+    decoder_heads: int = 12
+    head_hidden: int = 2048
+    head_bottleneck: int = 256
+    head_out: int = 8192
+    num_frames: int = 32
+    frame_size: int = 112
+    video_patch: tuple[int, int, int] = (4, 16, 16)  # time, height, width
+    spec_size: tuple[int, int] = (80, 448)  # mel bins, frames
+    audio_patch: tuple[int, int] = (4, 16)  # freq, time
+
+
+@dataclass
+class LossConfig:
+    """Objectives and their weights (spec §A4-A7)."""
+
+    video_mask_ratio: float = 0.85
+    audio_mask_ratio: float = 0.80
+    norm_pix_loss: bool = True
+    recon_coeff: float = 5.0
+    kd_coeff: float = 1.0
+    da_coeff: float = 1.0
+    recon_video: bool = True  # ablations: reconstruct one modality only
+    recon_audio: bool = True
+    kd: bool = True
+    da: bool = True
+    refine: bool = True
+    refine_mode: Literal["mean", "softmax"] = "mean"
+    teacher_view: Literal["local", "global"] = "local"  # local = the released code, global = the paper's Fig. 1
+    student_temp: float = 0.1
+    video_teacher_temp: float = 0.1
+    video_teacher_temp_warmup: float = 0.1
+    audio_teacher_temp: float = 0.07
+    audio_teacher_temp_warmup: float = 0.07
+    teacher_temp_warmup_epochs: int = 30
+    center_momentum: float = 0.9
+    mmd_gammas: tuple[float, ...] = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0)
+    ema_start: float = 0.997
+    ema_end: float = 1.0
+    mats_double_ema: bool = True  # MATS: EMA the shared teacher blocks once per modality (the released code)
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 800
+    lr: float = 1e-4
+    final_lr: float = 0.0
+    warmup_epochs: int = 30
+    weight_decay: float = 0.3
+    final_weight_decay: float = 0.3
+    betas: tuple[float, float] = (0.9, 0.95)
+    clip_grad: float = 0.3  # per-parameter grad-norm clip of student backbones and heads; 0 = off
+    clip_decoders: bool = False  # the released code does not clip decoders
+    decay_embeddings: bool = True  # the released code decays cls_token, pos_embed and mask_token
+    accum_steps: int = 1  # gradient accumulation: micro-batches per optimiser step
+
+
+@dataclass
+class RunConfig:
+    seed: int = 99999
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    max_steps: int = 0  # 0 = run all epochs
+    checkpoint_every: int = 500  # steps
+    log_every: int = 10  # steps
+    epoch_size: int = 0  # samples per epoch; 0 = the manifest's size (rounded down to whole batches)
+
+
+@dataclass
+class PretrainConfig:
+    """Top-level pretraining config: ``xkd pretrain --config FILE``."""
+
+    method: Literal["xkd", "xkd-mas", "xkd-mats", "mae"] = "xkd"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        m = self.model
+        if m.num_frames % m.video_patch[0] or m.frame_size % m.video_patch[1] or m.frame_size % m.video_patch[2]:
+            raise ValueError(f"model.num_frames / frame_size must be multiples of model.video_patch {m.video_patch}")
+        if m.spec_size[0] % m.audio_patch[0] or m.spec_size[1] % m.audio_patch[1]:
+            raise ValueError(f"model.spec_size {m.spec_size} must be a multiple of model.audio_patch {m.audio_patch}")
+        if m.encoder.dim % m.encoder.heads:
+            raise ValueError("model.encoder.dim must be divisible by model.encoder.heads")
+        if m.decoder_dim % m.decoder_heads:
+            raise ValueError("model.decoder_dim must be divisible by model.decoder_heads")
+
+
+__all__ = [
+    "ConfigError",
+    "LogMelConfig",
+    "VideoViewConfig",
+    "AudioViewConfig",
+    "DataConfig",
+    "EncoderConfig",
+    "ModelConfig",
+    "LossConfig",
+    "OptimConfig",
+    "RunConfig",
+    "PretrainConfig",
+    "load_config",
+    "dump_config",
+    "to_dict",
+    "from_dict",
+]
