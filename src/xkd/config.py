@@ -169,9 +169,12 @@ class RunConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: Literal["none", "bf16", "fp16"] = "none"
     max_steps: int = 0  # 0 = run all epochs
-    checkpoint_every: int = 500  # steps
+    checkpoint_every: int = 500  # steps; a checkpoint is also written at the end
+    keep_checkpoints: int = 3  # run checkpoints kept on disk (the newest ones)
     log_every: int = 10  # steps
-    epoch_size: int = 0  # samples per epoch; 0 = the manifest's size (rounded down to whole batches)
+    epoch_size: int = 0  # samples per epoch; 0 = the manifest's size (rounded down to whole steps)
+    nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss stops the run, or skips the step and counts it
+    peak_tflops: float = 0.0  # for MFU; 0 = measure this device's fp32 matmul peak at start
 
 
 @dataclass

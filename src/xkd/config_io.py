@@ -118,19 +118,6 @@ def _build(cls: type[T], data: dict, prefix: str, source: str) -> T:
         raise ConfigError(f"{source}: section '{prefix or '<root>'}': {err}") from None
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = tree
-    for p in parts[:-1]:
-        child = node.get(p)
-        if child is None:
-            child = node[p] = {}
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {dotted}: '{p}' is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """Split ``a.b=value`` and parse ``value`` as YAML (``0.1`` -> float, ``[1,2]`` -> list, ``x`` -> str)."""
     if "=" not in text:
@@ -182,25 +169,20 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"{source}: the top level must be a mapping of keys")
         tree = _yaml_floats(loaded)
     cfg = _build(cls, tree, "", source)
-    if overrides:
-        for text in overrides:
-            key, value = parse_override(text)
-            cfg = _apply_override(cfg, key, value, f"--set {text}")
-    return cfg
-
-
-def _apply_override(cfg: T, key: str, value: Any, source: str) -> T:
+    if not overrides:
+        return cfg
     tree = to_dict(cfg)
-    parts = key.split(".")
-    node: Any = tree
-    for p in parts[:-1]:
-        if not isinstance(node, dict) or p not in node:
-            raise ConfigError(f"{source}: unknown key '{key}'")
-        node = node[p]
-    if not isinstance(node, dict) or parts[-1] not in node:
-        raise ConfigError(f"{source}: unknown key '{key}'")
-    _set_dotted(tree, key, value)
-    return _build(type(cfg), tree, "", source)
+    for text in overrides:
+        key, value = parse_override(text)
+        *parents, leaf = key.split(".")
+        node: Any = tree
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            raise ConfigError(f"--set {text}: unknown key '{key}'")
+        node[leaf] = value
+    label = f"{source} with --set {' '.join(overrides)}"
+    return _build(cls, tree, "", label)
 
 
 def to_dict(cfg: Any) -> Any:
