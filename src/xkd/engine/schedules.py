@@ -1,0 +1,79 @@
+"""Per-iteration schedules of pretraining (spec §A6, §A7, §A9), indexed by the global optimiser step.
+
+Learning rate: linear warm-up from 0 then cosine to ``final_lr``; weight decay: cosine (constant 0.3 by default);
+EMA momentum: cosine 0.997 -> 1; teacher temperatures: per-epoch linear warm-up then constant.
+Epoch counts in the config become iterations through ``iters_per_epoch``. When ``run.max_steps`` stops a run early,
+the schedules still span the configured epochs and the run uses only their first ``total_iters`` values (a short
+run sees the start of the full recipe, not a compressed copy of it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from xkd.config import LossConfig, OptimConfig
+from xkd.losses.distillation import teacher_temperature_schedule
+
+
+def cosine_schedule(
+    base: float, final: float, total_iters: int, warmup_iters: int = 0, warmup_start: float = 0.0
+) -> np.ndarray:
+    """Values per iteration, [total_iters], with the semantics of DINO's ``cosine_scheduler``.
+
+    Iterations 0..W-1 go linearly from ``warmup_start`` to ``base`` (both ends included); the remaining
+    L = total_iters - W follow final + (base - final)(1 + cos(π k / L)) / 2 for k = 0..L-1.
+    """
+    if total_iters < 1 or not 0 <= warmup_iters <= total_iters:
+        raise ValueError(f"need total_iters >= 1 and 0 <= warmup_iters <= total_iters, got "
+                         f"total_iters={total_iters}, warmup_iters={warmup_iters}")
+    warmup = np.linspace(warmup_start, base, warmup_iters)
+    k = np.arange(total_iters - warmup_iters, dtype=np.float64)
+    cosine = final + 0.5 * (base - final) * (1.0 + np.cos(math.pi * k / max(len(k), 1)))
+    return np.concatenate((warmup, cosine))
+
+
+@dataclass
+class Schedules:
+    """Per-iteration arrays, all of length ``total_iters``; index them with the global optimiser step."""
+
+    lr: np.ndarray
+    weight_decay: np.ndarray
+    momentum: np.ndarray  # EMA momentum of both teachers
+    video_teacher_temp: np.ndarray
+    audio_teacher_temp: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lr)
+
+    def at(self, step: int) -> dict[str, float]:
+        """Every scheduled value at ``step``, by field name (for the optimiser, the EMA and the logs)."""
+        return {f.name: float(getattr(self, f.name)[step]) for f in fields(self)}
+
+
+def build_schedules(optim_cfg: OptimConfig, loss_cfg: LossConfig, iters_per_epoch: int, total_iters: int) -> Schedules:
+    """Schedules over ``optim_cfg.epochs`` x ``iters_per_epoch`` iterations, truncated to the ``total_iters`` run.
+
+    ``total_iters`` is the number of optimiser steps the run will take (<= epochs x iters_per_epoch).
+    """
+    full = optim_cfg.epochs * iters_per_epoch
+    if iters_per_epoch < 1 or not 1 <= total_iters <= full:
+        raise ValueError(f"need iters_per_epoch >= 1 and 1 <= total_iters <= epochs * iters_per_epoch = {full}, "
+                         f"got iters_per_epoch={iters_per_epoch}, total_iters={total_iters}")
+    lr = cosine_schedule(optim_cfg.lr, optim_cfg.final_lr, full, warmup_iters=optim_cfg.warmup_epochs * iters_per_epoch)
+    weight_decay = cosine_schedule(optim_cfg.weight_decay, optim_cfg.final_weight_decay, full)
+    momentum = cosine_schedule(loss_cfg.ema_start, loss_cfg.ema_end, full)  # = ema.cosine_momentum_schedule
+    warmup_epochs = loss_cfg.teacher_temp_warmup_epochs
+    video_temp = teacher_temperature_schedule(loss_cfg.video_teacher_temp_warmup, loss_cfg.video_teacher_temp,
+                                              warmup_epochs, optim_cfg.epochs, iters_per_epoch)
+    audio_temp = teacher_temperature_schedule(loss_cfg.audio_teacher_temp_warmup, loss_cfg.audio_teacher_temp,
+                                              warmup_epochs, optim_cfg.epochs, iters_per_epoch)
+    return Schedules(
+        lr=lr[:total_iters],
+        weight_decay=weight_decay[:total_iters],
+        momentum=momentum[:total_iters],
+        video_teacher_temp=video_temp[:total_iters],
+        audio_teacher_temp=audio_temp[:total_iters],
+    )

@@ -1,0 +1,91 @@
+"""Cross-modal DINO distillation loss and its teacher temperature schedule (spec §A6).
+
+One :class:`CrossModalDINOLoss` per direction (video teacher -> audio student, audio teacher -> video student).
+The teacher and the student see different modalities, so unlike DINO no (teacher view, student view) pair is skipped.
+The centre is an fp32 buffer, updated after the loss from the teacher outputs of every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def teacher_temperature_schedule(
+    warmup_temp: float, temp: float, warmup_epochs: int, total_epochs: int, iters_per_epoch: int = 1
+) -> np.ndarray:
+    """Teacher temperature per epoch (``iters_per_epoch`` = 1) or per iteration: [total_epochs * iters_per_epoch].
+
+    As DINO: linear from ``warmup_temp`` (epoch 0) to ``temp`` (epoch ``warmup_epochs`` - 1), then constant. The
+    value changes once per epoch; with ``iters_per_epoch`` > 1 each epoch's value is repeated for its iterations.
+    A run shorter than the warm-up keeps the first ``total_epochs`` warm-up values.
+    """
+    if total_epochs < 1 or iters_per_epoch < 1 or warmup_epochs < 0:
+        raise ValueError(f"need total_epochs >= 1, iters_per_epoch >= 1, warmup_epochs >= 0, got "
+                         f"{total_epochs}, {iters_per_epoch}, {warmup_epochs}")
+    warmup = np.linspace(warmup_temp, temp, warmup_epochs)
+    constant = np.full(max(total_epochs - warmup_epochs, 0), float(temp))
+    per_epoch = np.concatenate((warmup, constant))[:total_epochs]
+    return np.repeat(per_epoch, iters_per_epoch)
+
+
+class CrossModalDINOLoss(nn.Module):
+    """Cross-entropy between the centred, sharpened teacher distribution and the student distribution.
+
+    out_dim: K, the head output size; student_temp: τ_s; center_momentum: m. The teacher temperature τ_t of each
+    step is passed to :meth:`forward` (the engine reads it from :func:`teacher_temperature_schedule`).
+    """
+
+    center: Tensor
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim, dtype=torch.float32))
+
+    def forward(self, student_out: Sequence[Tensor], teacher_out: Sequence[Tensor], teacher_temp: float) -> Tensor:
+        """student_out: student views, each [B, K]; teacher_out: teacher views, each [B, K]. Returns a scalar.
+
+        loss = mean over all (teacher view, student view) pairs of mean_b[-Σ_k q_bk log p_bk], with
+        q = softmax((t - c) / τ_t) (no gradient) and log p = log_softmax(s / τ_s). Computed in fp32 (float64 inputs
+        stay float64). The centre is updated afterwards.
+        """
+        if not student_out or not teacher_out:
+            raise ValueError("need at least one student view and one teacher view")
+        shapes = {tuple(t.shape) for t in (*student_out, *teacher_out)}
+        if len(shapes) != 1:
+            raise ValueError(f"every view must have the same shape [B, K], got {sorted(shapes)}")
+        if not teacher_temp > 0:
+            raise ValueError(f"teacher_temp must be positive, got {teacher_temp}")
+        tau_t = float(teacher_temp)
+        device_type = student_out[0].device.type
+        with torch.autocast(device_type=device_type, enabled=False):
+            log_p = [F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)) / self.student_temp, dim=-1)
+                     for s in student_out]
+            q = [F.softmax((t.detach().to(torch.promote_types(t.dtype, torch.float32)) - self.center) / tau_t, dim=-1)
+                 for t in teacher_out]
+            total = sum((-(qt * lp).sum(dim=-1)).mean() for qt in q for lp in log_p)
+            loss = total / (len(q) * len(log_p))
+        self.update_center(teacher_out)
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: Sequence[Tensor]) -> None:
+        """c <- m c + (1 - m) mean(teacher outputs); teacher_out: views, each [B, K].
+
+        The mean runs over every view and sample of every rank (sums and counts are all-reduced, so ranks with
+        different batch sizes still get the mean of the union). The centre stays fp32.
+        """
+        with torch.autocast(device_type=self.center.device.type, enabled=False):
+            rows = torch.cat([t.detach().float() for t in teacher_out], dim=0)  # [V * B, K]
+            stats = torch.cat([rows.sum(dim=0, keepdim=True), rows.new_full((1, 1), rows.shape[0])], dim=1)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(stats)
+            batch_center = stats[:, :-1] / stats[:, -1:]
+            self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)

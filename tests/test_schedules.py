@@ -1,0 +1,84 @@
+import math
+
+import numpy as np
+import pytest
+
+from xkd.config import LossConfig, OptimConfig
+from xkd.engine.ema import cosine_momentum_schedule
+from xkd.engine.schedules import Schedules, build_schedules, cosine_schedule
+
+
+def reference_cosine(base, final, total, warmup, start):
+    """DINO's cosine_scheduler written out with a loop."""
+    values = []
+    for i in range(total):
+        if i < warmup:
+            values.append(start + (base - start) * (i / (warmup - 1) if warmup > 1 else 1.0))
+        else:
+            k, length = i - warmup, total - warmup
+            values.append(final + 0.5 * (base - final) * (1 + math.cos(math.pi * k / length)))
+    return values
+
+
+def test_cosine_schedule_warmup_and_end_values():
+    s = cosine_schedule(1e-4, 1e-6, total_iters=50, warmup_iters=10, warmup_start=0.0)
+    assert s.shape == (50,)
+    assert s[0] == 0.0
+    assert s[5] == pytest.approx(1e-4 * 5 / 9, rel=1e-12)
+    assert s[9] == pytest.approx(1e-4, rel=1e-12) and s[10] == pytest.approx(1e-4, rel=1e-12)
+    assert s[-1] == pytest.approx(1e-6 + 0.5 * (1e-4 - 1e-6) * (1 + math.cos(math.pi * 39 / 40)), rel=1e-12)
+    assert 1e-6 < s[-1] < 1.2e-6  # the last value stops one step short of final, as DINO
+    assert np.all(np.diff(s[:10]) > 0) and np.all(np.diff(s[10:]) < 0)
+    np.testing.assert_allclose(s, reference_cosine(1e-4, 1e-6, 50, 10, 0.0), rtol=1e-12, atol=0)
+
+
+def test_cosine_schedule_without_warmup_and_constant():
+    np.testing.assert_allclose(cosine_schedule(2.0, 1.0, 7), reference_cosine(2.0, 1.0, 7, 0, 0.0), rtol=1e-12)
+    np.testing.assert_array_equal(cosine_schedule(0.3, 0.3, 5), np.full(5, 0.3))
+    np.testing.assert_allclose(cosine_schedule(1.0, 0.0, 4, warmup_iters=4, warmup_start=0.5), [0.5, 2 / 3, 5 / 6, 1.0])
+
+
+def test_cosine_schedule_rejects_bad_lengths():
+    with pytest.raises(ValueError):
+        cosine_schedule(1.0, 0.0, total_iters=5, warmup_iters=6)
+    with pytest.raises(ValueError):
+        cosine_schedule(1.0, 0.0, total_iters=0)
+
+
+def test_build_schedules_follows_the_configured_epochs():
+    optim = OptimConfig(epochs=10, lr=1e-4, final_lr=0.0, warmup_epochs=3)
+    loss = LossConfig(video_teacher_temp_warmup=0.09, video_teacher_temp=0.11, audio_teacher_temp_warmup=0.04,
+                      audio_teacher_temp=0.06, teacher_temp_warmup_epochs=3)
+    ipe = 4
+    s = build_schedules(optim, loss, iters_per_epoch=ipe, total_iters=40)
+    assert isinstance(s, Schedules) and len(s) == 40
+    np.testing.assert_allclose(s.lr, reference_cosine(1e-4, 0.0, 40, 12, 0.0), rtol=1e-12, atol=1e-20)
+    np.testing.assert_array_equal(s.weight_decay, np.full(40, 0.3))
+    np.testing.assert_allclose(s.momentum, cosine_momentum_schedule(0.997, 1.0, total_iters=40), rtol=0, atol=0)
+    assert s.momentum[0] == 0.997
+    # teacher temperatures change once per epoch: 0.09, 0.10, 0.11, then constant
+    np.testing.assert_allclose(s.video_teacher_temp[::ipe], [0.09, 0.10] + [0.11] * 8, rtol=1e-12)
+    np.testing.assert_allclose(s.audio_teacher_temp[::ipe], [0.04, 0.05] + [0.06] * 8, rtol=1e-12)
+    assert np.all(s.video_teacher_temp[4:8] == s.video_teacher_temp[4])
+    values = s.at(5)
+    assert values == {"lr": s.lr[5], "weight_decay": 0.3, "momentum": s.momentum[5],
+                      "video_teacher_temp": s.video_teacher_temp[5], "audio_teacher_temp": s.audio_teacher_temp[5]}
+
+
+def test_max_steps_truncates_instead_of_compressing():
+    optim, loss = OptimConfig(epochs=6, warmup_epochs=2), LossConfig(teacher_temp_warmup_epochs=30)
+    full = build_schedules(optim, loss, iters_per_epoch=5, total_iters=30)
+    short = build_schedules(optim, loss, iters_per_epoch=5, total_iters=7)
+    assert len(short) == 7
+    for name in ("lr", "weight_decay", "momentum", "video_teacher_temp", "audio_teacher_temp"):
+        np.testing.assert_array_equal(getattr(short, name), getattr(full, name)[:7])
+    assert short.lr[6] < 1e-4  # still warming up: the warm-up spans 2 configured epochs = 10 iterations
+    with pytest.raises(ValueError):
+        build_schedules(optim, loss, iters_per_epoch=5, total_iters=31)
+
+
+def test_paper_defaults():
+    s = build_schedules(OptimConfig(), LossConfig(), iters_per_epoch=2, total_iters=1600)
+    assert s.lr[0] == 0.0 and s.lr[59] == pytest.approx(1e-4) and s.lr[-1] < 1e-9
+    assert np.all(s.video_teacher_temp == 0.1) and np.all(s.audio_teacher_temp == 0.07)
+    assert s.momentum[0] == 0.997 and s.momentum[-1] == pytest.approx(1.0, abs=1e-8)
