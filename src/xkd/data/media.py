@@ -1,0 +1,446 @@
+"""Decoding audio-visual clips from media files with PyAV (spec §A2).
+
+:func:`probe` reads a file's header; :func:`decode_clip` decodes one time window of video and audio in a single pass
+over the container; :func:`clip_starts` chooses window starts. Every failure is a :class:`MediaError` carrying a short
+reason code, so callers can apply a policy (skip, count, report) instead of handling raw FFmpeg errors.
+
+Reason codes (:data:`REASONS`):
+
+``not-found``      the path does not exist
+``empty-file``     the file has zero bytes
+``unreadable``     FFmpeg cannot open it as media (not a media file, unknown format, damaged header)
+``truncated``      the file ends before its own structure says it does (an MP4 box runs past the end of the file,
+                   or the streams stop well before the duration the header declares): an incomplete download or copy
+``no-video``       a video stream is needed but the file has none
+``no-audio``       an audio stream is needed but the file has none
+``too-short``      the requested window is not covered by the decoded frames / samples
+``decode-failed``  FFmpeg reported an error while demuxing or decoding
+
+Times are in seconds from the start of the file (the container's start time is subtracted).
+
+Tolerances at the end of a window: a video frame is shown until the next one, so the last decoded frame also covers
+the window up to one frame period after its timestamp (and a window may begin up to one period before the first
+frame). Audio may be zero-padded by at most :data:`AUDIO_PAD_TOLERANCE` seconds at either end of the window. Anything
+shorter raises ``too-short``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+REASONS = (
+    "not-found",
+    "empty-file",
+    "unreadable",
+    "truncated",
+    "no-video",
+    "no-audio",
+    "too-short",
+    "decode-failed",
+)
+
+AUDIO_PAD_TOLERANCE = 0.02  # seconds of zero padding allowed at each end of an audio window
+SEEK_PREROLL = 0.5  # seconds: seek this far before the window so the audio decoder is warm when the window starts
+
+
+class MediaError(Exception):
+    """A media file that cannot give what was asked. ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, path: str | Path, reason: str, message: str):
+        if reason not in REASONS:
+            raise ValueError(f"unknown media error reason {reason!r}")
+        self.path = str(path)
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{self.path}: {reason}: {message}")
+
+    def __reduce__(self):  # keep path and reason when sent from a DataLoader worker
+        return (MediaError, (self.path, self.reason, self.message))
+
+
+class _TooShort(Exception):
+    """Internal: the decoded streams do not cover the window (becomes MediaError reason ``too-short``)."""
+
+
+@dataclass
+class MediaInfo:
+    """What a file's header says. Durations are in seconds; stream fields are None when the stream is absent."""
+
+    duration: float
+    has_video: bool
+    has_audio: bool
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    video_duration: float | None = None
+    audio_duration: float | None = None
+
+    def common_duration(self, video: bool = True, audio: bool = True) -> float:
+        """Duration covered by every needed stream that is present (the shortest of them)."""
+        spans = []
+        if video and self.has_video:
+            spans.append(self.video_duration)
+        if audio and self.has_audio:
+            spans.append(self.audio_duration)
+        spans = [s for s in spans if s is not None]
+        return min(spans) if spans else self.duration
+
+
+@dataclass
+class Clip:
+    """A decoded window. ``video``: uint8 ``[T, H, W, 3]`` (RGB); ``audio``: float32 ``[S]`` (mono, in [-1, 1])."""
+
+    video: torch.Tensor | None
+    audio: torch.Tensor | None
+    start: float
+    duration: float
+
+
+def _mp4_truncation(path: Path) -> str | None:
+    """For ISO-BMFF files (mp4/mov/m4a): a description of the first top-level box that runs past the end, else None."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        if fh.read(12)[4:8] != b"ftyp":
+            return None
+        offset = 0
+        while offset + 8 <= size:
+            fh.seek(offset)
+            header = fh.read(16)
+            box_size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+            if box_size == 1:  # 64-bit size follows the type
+                if len(header) < 16:
+                    return f"the MP4 box '{kind}' header is cut off at byte {offset:,}"
+                box_size = int.from_bytes(header[8:16], "big")
+            elif box_size == 0:  # the box extends to the end of the file
+                return None
+            if box_size < 8:
+                return None  # not a box structure we understand; let FFmpeg judge the file
+            if offset + box_size > size:
+                return (
+                    f"the MP4 box '{kind}' at byte {offset:,} needs {box_size:,} bytes but the file ends after "
+                    f"{size - offset:,} (incomplete download or copy?)"
+                )
+            offset += box_size
+    return None
+
+
+def open_media(path: str | Path) -> av.container.InputContainer:
+    """Open a media file for reading, raising :class:`MediaError` (never an FFmpeg error) when it cannot be opened.
+
+    Raw G.722 files (``.g722``, as shipped by Asterisk) have no header, so their format is given explicitly.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise MediaError(path, "not-found", "no such file")
+    if path.is_dir():
+        raise MediaError(path, "unreadable", "is a directory")
+    try:
+        empty = path.stat().st_size == 0
+        cut = None if empty else _mp4_truncation(path)
+    except OSError as e:
+        raise MediaError(path, "unreadable", _describe(e)) from None
+    if empty:
+        raise MediaError(path, "empty-file", "the file is empty (0 bytes)")
+    if cut is not None:
+        raise MediaError(path, "truncated", cut)
+    fmt = "g722" if path.suffix.lower() == ".g722" else None
+    try:
+        container = av.open(str(path), format=fmt)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MediaError(path, "unreadable", f"FFmpeg cannot open it as media ({_describe(e)})") from None
+    if not container.streams.video and not container.streams.audio:
+        container.close()
+        raise MediaError(path, "unreadable", "the file has no audio or video stream")
+    return container
+
+
+def _describe(e: Exception) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return f"{type(e).__name__}: {text}"
+
+
+def _origin(container) -> float:
+    """Container start time in seconds (0 for most files; MPEG-TS starts later)."""
+    return container.start_time / av.time_base if container.start_time is not None else 0.0
+
+
+def _stream_duration(stream, container) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        start = stream.start_time or 0
+        return float(stream.duration * stream.time_base) + float(start * stream.time_base) - _origin(container)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def media_info(container) -> MediaInfo:
+    """The :class:`MediaInfo` of an open container (see :func:`open_media`)."""
+    vs = container.streams.video[0] if container.streams.video else None
+    aus = container.streams.audio[0] if container.streams.audio else None
+    vdur = _stream_duration(vs, container) if vs is not None else None
+    adur = _stream_duration(aus, container) if aus is not None else None
+    if container.duration is not None:
+        duration = container.duration / av.time_base
+    else:
+        duration = max((d for d in (vdur, adur) if d is not None), default=0.0)
+    rate = None
+    if vs is not None:
+        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+    return MediaInfo(
+        duration=duration,
+        has_video=vs is not None,
+        has_audio=aus is not None,
+        width=vs.codec_context.width if vs is not None else None,
+        height=vs.codec_context.height if vs is not None else None,
+        fps=float(rate) if rate else None,
+        sample_rate=aus.codec_context.sample_rate if aus is not None else None,
+        channels=aus.codec_context.channels if aus is not None else None,
+        video_duration=vdur,
+        audio_duration=adur,
+    )
+
+
+def probe(path: str | Path) -> MediaInfo:
+    """Read a file's header (no decoding). Raises :class:`MediaError` when the file cannot be opened."""
+    with open_media(path) as container:
+        return media_info(container)
+
+
+def resized_shape(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """(height, width) after scaling the shorter side to ``short_side`` (unchanged when None), keeping aspect."""
+    if short_side is None:
+        return height, width
+    if height <= width:
+        return short_side, max(1, round(width * short_side / height))
+    return max(1, round(height * short_side / width)), short_side
+
+
+class _VideoSampler:
+    """Picks, for each target time t_k = start + k / fps, the decoded frame whose timestamp is nearest.
+
+    Frames arrive in presentation order. A frame is converted (resized + RGB) only if it is picked, straight from the
+    decoder's YUV frame, so no full-size RGB copy is ever made; at most two full-size frames (previous and current)
+    are held at once.
+    """
+
+    def __init__(self, start: float, duration: float, fps: float, short_side: int | None, period: float):
+        self.targets = [start + k / fps for k in range(round(duration * fps))]
+        self.short_side = short_side
+        self.period = period  # nominal source frame period, the end-of-stream tolerance
+        self.frames: list[np.ndarray] = []
+        self.prev = None  # (time, frame)
+
+    @property
+    def done(self) -> bool:
+        return len(self.frames) == len(self.targets)
+
+    def _take(self, frame, count: int) -> None:
+        h, w = resized_shape(frame.height, frame.width, self.short_side)
+        rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        self.frames.extend([rgb] * count)
+
+    def _pending_up_to(self, limit: float) -> int:
+        """How many of the still unassigned targets are at or before ``limit``."""
+        count = len(self.frames)
+        while count < len(self.targets) and self.targets[count] <= limit:
+            count += 1
+        return count - len(self.frames)
+
+    def push(self, frame, time: float) -> None:
+        """Add the next decoded frame (presentation ``time`` in seconds); settles the targets it decides."""
+        if self.prev is None:  # targets before the first frame take the first frame
+            count, picked = self._pending_up_to(time), frame
+            if count and time - self.targets[0] > self.period + 1e-6:
+                raise _TooShort(f"video starts at {time:.3f} s, after the window start {self.targets[0]:.3f} s")
+        else:  # targets up to the midpoint between the previous frame and this one are nearest to the previous
+            prev_time, prev_frame = self.prev
+            count, picked = self._pending_up_to((prev_time + time) / 2), prev_frame
+        if count:
+            self._take(picked, count)
+        self.prev = (time, frame)
+
+    def finish(self) -> np.ndarray:
+        """Assign the remaining targets to the last frame (within one frame period) and stack ``[T, H, W, 3]``."""
+        if not self.done:
+            if self.prev is None:
+                raise _TooShort("no video frame was decoded in the window")
+            last_time, last_frame = self.prev
+            missing = self.targets[len(self.frames) :]
+            if missing[-1] >= last_time + self.period + 1e-6:
+                raise _TooShort(f"video ends at {last_time + self.period:.3f} s, before {missing[-1]:.3f} s")
+            self._take(last_frame, len(missing))
+        self.prev = None
+        return np.stack(self.frames)
+
+
+class _AudioSampler:
+    """Collects decoded audio into the window [start, start + n / rate) by timestamp, resampled and mixed to mono."""
+
+    def __init__(self, start: float, duration: float, sample_rate: int):
+        self.start = start
+        self.rate = sample_rate
+        self.n = round(duration * sample_rate)
+        self.buffer = np.zeros(self.n, dtype=np.float32)
+        self.first = None  # first and last window index that received samples
+        self.end = None
+        self.resampler = None
+        self.template = None  # (format, layout, rate) the resampler was built for
+        self.next_pts = None  # fallback position when a frame has no timestamp
+
+    @property
+    def done(self) -> bool:
+        return self.end is not None and self.end >= self.n
+
+    def push(self, frame) -> None:
+        key = (frame.format.name, frame.layout.name, frame.sample_rate)
+        if key != self.template:  # first frame, or the stream changed its format mid-file
+            self._flush()
+            self.resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=self.rate)
+            self.template = key
+        for out in self.resampler.resample(frame):
+            self._place(out)
+
+    def _flush(self) -> None:
+        if self.resampler is not None:
+            for out in self.resampler.resample(None):
+                self._place(out)
+
+    def _place(self, frame) -> None:
+        samples = frame.to_ndarray().mean(axis=0)  # [C, S] planar -> mono by averaging channels
+        if frame.pts is not None and frame.time_base is not None:
+            pos = round((float(frame.pts * frame.time_base) - self.start) * self.rate)
+        else:
+            pos = self.next_pts if self.next_pts is not None else 0
+        self.next_pts = pos + len(samples)
+        lo, hi = max(pos, 0), min(pos + len(samples), self.n)
+        if lo >= hi:
+            return
+        self.buffer[lo:hi] = samples[lo - pos : hi - pos]
+        self.first = lo if self.first is None else min(self.first, lo)
+        self.end = hi if self.end is None else max(self.end, hi)
+
+    def finish(self) -> np.ndarray:
+        self._flush()
+        tol = math.floor(AUDIO_PAD_TOLERANCE * self.rate)
+        if self.end is None:
+            raise _TooShort("no audio sample was decoded in the window")
+        if self.first > tol:
+            raise _TooShort(f"audio starts {self.first / self.rate:.3f} s after the window start")
+        if self.end < self.n - tol:
+            raise _TooShort(f"audio ends {(self.n - self.end) / self.rate:.3f} s before the window end")
+        return self.buffer
+
+
+def decode_clip(
+    path: str | Path,
+    start: float,
+    duration: float,
+    fps: float,
+    short_side: int | None = None,
+    sample_rate: int = 16000,
+    video: bool = True,
+    audio: bool = True,
+    missing_audio: str = "error",
+) -> Clip:
+    """Decode the window [start, start + duration) of a file in one pass (one seek, both streams in one demux loop).
+
+    Video: ``round(duration * fps)`` frames, frame k being the decoded frame nearest to ``start + k / fps``, with the
+    short side resized to ``short_side`` (no resize when None) -> uint8 ``[T, H, W, 3]``.
+    Audio: ``round(duration * sample_rate)`` samples, channels averaged to mono, resampled to ``sample_rate``, placed
+    by timestamp (so AAC priming samples are not counted) -> float32 ``[S]``.
+    ``missing_audio``: ``"error"`` raises ``no-audio`` for a file without audio, ``"silence"`` returns zeros.
+    Raises :class:`MediaError` (see the module docstring for the reasons and tolerances).
+    """
+    if missing_audio not in ("error", "silence"):
+        raise ValueError(f"missing_audio must be 'error' or 'silence', got {missing_audio!r}")
+    if not (video or audio):
+        raise ValueError("decode_clip needs video=True, audio=True or both")
+    if start < 0 or duration <= 0:
+        raise ValueError(f"invalid window start={start} duration={duration}")
+    with open_media(path) as container:
+        vstream = container.streams.video[0] if video and container.streams.video else None
+        astream = container.streams.audio[0] if audio and container.streams.audio else None
+        if video and vstream is None:
+            raise MediaError(path, "no-video", "the file has no video stream")
+        if audio and astream is None and missing_audio == "error":
+            raise MediaError(path, "no-audio", "the file has no audio stream")
+        t0 = _origin(container) + start  # the window start in stream time
+        vsampler = asampler = None
+        if vstream is not None:
+            rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
+            vsampler = _VideoSampler(t0, duration, fps, short_side, 1.0 / float(rate) if rate else 1.0 / fps)
+        if astream is not None:
+            asampler = _AudioSampler(t0, duration, sample_rate)
+        try:
+            _demux_window(container, vstream, astream, vsampler, asampler, t0)
+            frames = vsampler.finish() if vsampler is not None else None
+            wave = asampler.finish() if asampler is not None else None
+        except _TooShort as e:
+            raise MediaError(path, "too-short", f"window {start:.3f}+{duration:.3f} s: {e}") from None
+        except av.FFmpegError as e:
+            raise MediaError(path, "decode-failed", _describe(e)) from None
+    if audio and wave is None:  # missing_audio == "silence"
+        wave = np.zeros(round(duration * sample_rate), dtype=np.float32)
+    return Clip(
+        video=torch.from_numpy(frames) if frames is not None else None,
+        audio=torch.from_numpy(wave) if wave is not None else None,
+        start=start,
+        duration=duration,
+    )
+
+
+def _demux_window(container, vstream, astream, vsampler, asampler, t0: float) -> None:
+    """The single demux loop: feed decoded frames to the samplers until both have filled the window."""
+    if t0 - SEEK_PREROLL > 0:
+        try:  # lands on a keyframe at or before the target; demuxing then continues from there for every stream
+            container.seek(int((t0 - SEEK_PREROLL) * av.time_base), backward=True)
+        except av.FFmpegError:
+            pass  # unseekable input: decode from the beginning, the timestamps still select the window
+    streams = [s for s in (vstream, astream) if s is not None]
+    for packet in container.demux(streams):
+        if (vsampler is None or vsampler.done) and (asampler is None or asampler.done):
+            break
+        if packet.stream is vstream:
+            if vsampler.done:
+                continue
+            for frame in packet.decode():
+                time = frame.time
+                if time is None:  # no timestamp: assume the nominal frame period after the previous frame
+                    time = vsampler.prev[0] + vsampler.period if vsampler.prev else t0
+                vsampler.push(frame, time)
+        elif not asampler.done:
+            for frame in packet.decode():
+                asampler.push(frame)
+
+
+def clip_starts(
+    file_duration: float,
+    clip_duration: float,
+    n: int,
+    mode: str = "uniform",
+    generator: torch.Generator | None = None,
+) -> list[float]:
+    """Start times of ``n`` clips of ``clip_duration`` seconds inside a file of ``file_duration`` seconds.
+
+    ``uniform``: evenly spaced from 0 to the last possible start (one clip: the centred one). ``random``: independent
+    uniform draws from ``generator``. A file shorter than the clip gives starts of 0; :func:`decode_clip` then decides
+    whether the shortfall is within tolerance.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    latest = max(file_duration - clip_duration, 0.0)
+    if mode == "uniform":
+        if n == 1:
+            return [latest / 2]
+        return [latest * i / (n - 1) for i in range(n)]
+    if mode == "random":
+        return [latest * float(u) for u in torch.rand(n, generator=generator, dtype=torch.float64)]
+    raise ValueError(f"mode must be 'uniform' or 'random', got {mode!r}")

@@ -1,0 +1,95 @@
+"""Sample-level views: the global and local views of one pretraining clip, and the downstream feature views.
+
+A clip is any object with ``.video`` (uint8 [T, H, W, 3], already resized to the short side) and ``.audio``
+(float [S], the same time window), e.g. :class:`xkd.data.media.Clip`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from xkd.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from xkd.data.audio_views import AudioView, EvalAudioView, LogMel, svm_train_audio_view
+from xkd.data.video_views import EvalVideoView, VideoView, svm_train_video_config
+
+
+class PretrainViews:
+    """The XKD pretraining views of one clip (spec §A2).
+
+    ``views(clip, generator)`` returns ``dict(frames=[global, local_1, ..., local_n], audio=[global, local])``:
+    - frames[0]: [3, T, S, S], a random view of the whole clip (``data.video_global``);
+    - frames[k>0]: [3, T // temporal_ratio, s, s], a random view (``data.video_local``) of a random run of
+      ``T // temporal_ratio`` contiguous frames of the clip (not of the global view); ``data.num_local_views`` of them;
+    - audio[0]: [1, F, T_a], the whole window (``data.audio_global``);
+    - audio[1]: [1, F, t_a], a short segment (``data.audio_local``).
+    """
+
+    def __init__(self, data: DataConfig, logmel: LogMel):
+        self.temporal_ratio = data.temporal_ratio
+        self.num_local_views = data.num_local_views
+        self.video_global = VideoView(data.video_global, data.video_mean, data.video_std)
+        self.video_local = VideoView(data.video_local, data.video_mean, data.video_std)
+        sample_rate = data.logmel.sample_rate
+        self.audio_global = AudioView(data.audio_global, logmel, sample_rate)
+        self.audio_local = AudioView(data.audio_local, logmel, sample_rate)
+
+    def __call__(self, clip: Any, generator: torch.Generator) -> dict[str, list[Tensor]]:
+        video = clip.video
+        num_frames = video.shape[0]
+        local_len = num_frames // self.temporal_ratio
+        if local_len < 1:
+            raise ValueError(f"a clip of {num_frames} frames has no local view at temporal_ratio {self.temporal_ratio}")
+        frames = [self.video_global(video, generator)]
+        for _ in range(self.num_local_views):
+            start = int(torch.randint(0, num_frames - local_len + 1, (), generator=generator).item())
+            frames.append(self.video_local(video[start : start + local_len], generator))
+        audio = [self.audio_global(clip.audio, generator), self.audio_local(clip.audio, generator)]
+        return {"frames": frames, "audio": audio}
+
+
+class EvalViews:
+    """Views for downstream feature extraction (spec §A10).
+
+    ``views(clip, generator=None)`` returns ``dict(video=..., audio=...)``; a modality whose attribute is None
+    (e.g. ESC-50 has no video) is left out.
+    - test (``augment=False``): video centre view [3, T, S, S] (or [3, 3, T, S, S] with ``three_crop``, see
+      :class:`EvalVideoView`) and audio log-mel [1, F, T_a]; deterministic.
+    - SVM training (``augment=True``, needs a generator): video RRC scale (0.08, 1), flip, jitter, gray p=0.2;
+      audio volume jitter ``1 -+ volume_jitter`` on the whole window.
+    """
+
+    def __init__(
+        self,
+        logmel: LogMel,
+        sample_rate: int,
+        crop_size: int = 112,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        short_side: int | None = None,
+        three_crop: bool = False,
+        augment: bool = False,
+        volume_jitter: float = 0.1,
+    ):
+        if augment and three_crop:
+            raise ValueError("three_crop is a test-time view; it cannot be combined with augment")
+        self.augment = augment
+        if augment:
+            self.video_view = VideoView(svm_train_video_config(crop_size), mean, std)
+            self.audio_view = svm_train_audio_view(logmel, sample_rate, volume_jitter)
+        else:
+            self.video_view = EvalVideoView(crop_size, mean, std, short_side=short_side, three_crop=three_crop)
+            self.audio_view = EvalAudioView(logmel)
+
+    def __call__(self, clip: Any, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        if self.augment and generator is None:
+            raise ValueError("augmented views need a torch.Generator")
+        out = {}
+        for name, view in (("video", self.video_view), ("audio", self.audio_view)):
+            x = getattr(clip, name, None)
+            if x is not None:
+                out[name] = view(x, generator) if self.augment else view(x)
+        return out
