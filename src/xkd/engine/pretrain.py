@@ -1,0 +1,356 @@
+"""Pretraining: one process on a CPU, one GPU, or many processes under ``torchrun`` with no code change.
+
+    xkd pretrain --config configs/pretrain/xkd_avdigits_cpu.yaml --out runs/xkd
+    torchrun --nproc_per_node 2 -m xkd pretrain --config configs/pretrain/xkd_avdigits_cpu.yaml --out runs/xkd2
+
+The run reads top-down: data, model, optimiser, schedules, resume, loop. Everything that decides a step (the batch
+rows, the augmentations, the masks) is a pure function of (seed, step), so a resumed run continues exactly and a
+run on N processes sees the batches a single process with N times the batch would see.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import xkd
+from xkd.config import PretrainConfig, dump_config, to_dict
+from xkd.data.dataset import BadMediaReport, ClipDataset, collate_clips
+from xkd.data.logmel import LogMel
+from xkd.data.manifest import read_manifest
+from xkd.data.sampler import StepBatchSampler
+from xkd.data.views import PretrainViews
+from xkd.engine import checkpoint as ckpt
+from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
+from xkd.engine.flops import count_flops, measure_matmul_peak
+from xkd.engine.logger import RunLogger, plot_metrics
+from xkd.engine.optim import amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler, param_groups
+from xkd.engine.schedules import build_schedules
+from xkd.models.xkd import XKD
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.safetensors"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or Inf; the message names the step and the term."""
+
+
+def build_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDataset:
+    """The pretraining dataset: clips of ``data.clip_duration`` s turned into XKD views (spec §A2)."""
+    d = cfg.data
+    path = manifest or d.manifest
+    if not path:
+        raise ValueError("no manifest: set data.manifest in the config or pass --set data.manifest=PATH")
+    rows = read_manifest(path, root=d.root or None)
+    if d.split:
+        rows = rows.filter(split=d.split)
+        if not len(rows):
+            raise ValueError(f"{path}: no rows of split '{d.split}' (set data.split='' to use every row)")
+    views = PretrainViews(d, LogMel(d.logmel))
+    return ClipDataset(
+        rows,
+        clip_duration=d.clip_duration,
+        fps=d.video_fps,
+        short_side=d.resize_short,
+        sample_rate=d.logmel.sample_rate,
+        missing_audio=d.missing_audio,
+        bad_media=d.bad_media,
+        transform=views,
+        seed=cfg.run.seed,
+    )
+
+
+def mask_noise(cfg: PretrainConfig, model: XKD, micro_step: int, batch: int, dist_info: DistInfo) -> tuple:
+    """Uniform masking noise of this rank's rows, cut from the global batch's noise for ``micro_step``:
+    ([B, N_v], [B, N_a])."""
+    nv, na = model.mask_token_counts()
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([cfg.run.seed, 7, micro_step]).generate_state(1)[0]))
+    total = batch * dist_info.world_size
+    lo = dist_info.rank * batch
+    noise_v = torch.rand(total, nv, generator=g)[lo : lo + batch]
+    noise_a = torch.rand(total, na, generator=g)[lo : lo + batch]
+    return noise_v.to(dist_info.device), noise_a.to(dist_info.device)
+
+
+def weights_parts(model: XKD) -> dict[str, dict[str, torch.Tensor]]:
+    """The clean weights of a model as named parts: ``{video,audio}_{student,teacher}`` (encoders),
+    ``..._head`` (projection heads) and ``{video,audio}_decoder``."""
+    parts: dict[str, dict[str, torch.Tensor]] = {}
+    for role, nets in (("student", model.student), ("teacher", model.teacher)):
+        for name, net in nets.items():
+            parts[f"{name}_{role}"] = net.encoder.state_dict()
+            if net.head is not None:
+                parts[f"{name}_{role}_head"] = net.head.state_dict()
+    for name, dec in model.decoder.items():
+        parts[f"{name}_decoder"] = dec.state_dict()
+    return parts
+
+
+def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int) -> Path:
+    meta = {
+        "format": "xkd-weights-1",
+        "xkd_version": xkd.__version__,
+        "method": cfg.method,
+        "step": str(step),
+        "config": json.dumps(to_dict(cfg)),
+    }
+    return ckpt.save_weights(path, weights_parts(model), meta)
+
+
+def parameter_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of every parameter and buffer, to check that ranks (or runs) ended identical."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _first_nonfinite(terms: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first non-finite loss term, or None."""
+    for name, value in terms.items():
+        if not torch.isfinite(value).all():
+            return name
+    return None
+
+
+def pretrain(
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    resume: bool = False,
+    max_steps: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or continue, with ``resume``) the pretraining described by ``cfg`` in the run folder ``out_dir``.
+
+    Returns a summary dict (steps, final losses, paths). Writes ``config.yaml``, ``metrics.csv``, TensorBoard
+    events, ``checkpoints/step_*.pt`` (full run state) and ``weights.safetensors`` (clean weights) into ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    dist_info = init_distributed(cfg.run.device)
+    try:
+        return _pretrain(cfg, out_dir, resume, max_steps, progress, dist_info)
+    finally:
+        cleanup()
+
+
+def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_info: DistInfo) -> dict[str, Any]:
+    run = cfg.run
+    device = dist_info.device
+    previous = ckpt.latest_checkpoint(out_dir) if out_dir.exists() else None
+    if previous is not None and not resume:
+        raise FileExistsError(f"{out_dir} already holds a run ({previous.name}); pass --resume to continue it "
+                              "or choose another --out")
+    if dist_info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out_dir / "config.yaml")
+
+    # ---------------------------------------------------------------- data
+    dataset = build_dataset(cfg)
+    sampler = StepBatchSampler(
+        len(dataset),
+        cfg.data.batch_size,
+        dist_info.world_size,
+        dist_info.rank,
+        cfg.optim.accum_steps,
+        seed=run.seed,
+        epoch_size=run.epoch_size,
+    )
+    iters_per_epoch = sampler.steps_per_epoch
+    full_steps = cfg.optim.epochs * iters_per_epoch
+    limit = max_steps if max_steps else run.max_steps
+    total_steps = min(full_steps, limit) if limit else full_steps
+
+    # -------------------------------------------------------------- model
+    torch.manual_seed(run.seed)
+    model = XKD(cfg).to(device)
+    groups = param_groups(
+        model.trainable_modules(),
+        decay_embeddings=cfg.optim.decay_embeddings,
+        clipped=["student", "decoder"] if cfg.optim.clip_decoders else ["student"],
+    )
+    clipped = [p for g in groups if g["clip"] for p in g["params"]]
+    optimizer = build_optimizer(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
+    scaler = make_grad_scaler(run.amp, device)
+    train_model: torch.nn.Module = model
+    if dist_info.world_size > 1:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        )
+
+    # ---------------------------------------------------------- schedules
+    sched = build_schedules(cfg.optim, cfg.loss, iters_per_epoch, total_steps)
+
+    # ------------------------------------------------------------- resume
+    step = 0
+    bad = BadMediaReport()
+    skipped = 0
+    if resume and previous is not None:
+        state = ckpt.load_checkpoint(previous, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        ckpt.restore_rng_state(state["rng"])
+        step = int(state["step"])
+        skipped = int(state.get("skipped_steps", 0))
+        bad.update([tuple(e) for e in state.get("bad_media", [])])
+        if dist_info.is_main:
+            log.info("resumed %s at step %d", previous, step)
+    # Rows are logged under the number of steps done (1-based): keep the rows of the steps the checkpoint holds.
+    logger = RunLogger(out_dir, dist_info.is_main, start_step=step + 1 if step else 0)
+
+    def save(at_step: int) -> None:
+        if dist_info.is_main:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "step": at_step,
+                "config": to_dict(cfg),
+                "rng": ckpt.capture_rng_state(),
+                "skipped_steps": skipped,
+                "bad_media": [list(e) for e in bad.files.items()],
+                "xkd_version": xkd.__version__,
+            }
+            ckpt.save_checkpoint(ckpt.checkpoint_path(out_dir, at_step), state, keep_last=run.keep_checkpoints)
+            save_weights_file(model, cfg, out_dir / WEIGHTS_FILE, at_step)
+        barrier()
+
+    # --------------------------------------------------------------- loop
+    peak = run.peak_tflops * 1e12 if run.peak_tflops > 0 else None
+    step_flops: int | None = None
+    bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.method}", unit="step",
+               disable=not (progress and dist_info.is_main), dynamic_ncols=True)
+    last_terms: dict[str, float] = {}
+    window_t0, window_steps = time.perf_counter(), 0
+    model.train()
+    while step < total_steps:
+        epoch, step_in_epoch = divmod(step, iters_per_epoch)
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch, step_in_epoch)
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate_clips,
+            pin_memory=device.type == "cuda",
+        )
+        batches = iter(loader)
+        while step < total_steps and step // iters_per_epoch == epoch:
+            values = sched.at(step)
+            apply_schedules(optimizer, values["lr"], values["weight_decay"])
+            temps = (values["video_teacher_temp"], values["audio_teacher_temp"])
+            terms_sum: dict[str, float] = {}
+            bad_term = None
+            for micro in range(cfg.optim.accum_steps):
+                batch = next(batches)
+                for path, reason in bad.update(batch):
+                    log.warning("bad media skipped: %s (%s)", path, reason)
+                frames = [v.to(device, non_blocking=True) for v in batch["frames"]]
+                audio = [a.to(device, non_blocking=True) for a in batch["audio"]]
+                noise = mask_noise(cfg, model, step * cfg.optim.accum_steps + micro, frames[0].shape[0], dist_info)
+                last_micro = micro == cfg.optim.accum_steps - 1
+                sync = nullcontext() if last_micro or dist_info.world_size == 1 else train_model.no_sync()
+
+                def forward_backward():
+                    with sync:
+                        with amp_context(device, run.amp):
+                            loss, terms = train_model(frames, audio, temps, noise)
+                        scaler.scale(loss / cfg.optim.accum_steps).backward()
+                    return terms
+
+                if step_flops is None and dist_info.is_main and micro == 0:
+                    captured = {}
+                    step_flops = count_flops(lambda: captured.update(forward_backward()))
+                    step_flops *= cfg.optim.accum_steps
+                    terms = captured
+                else:
+                    terms = forward_backward()
+                bad_term = bad_term or _first_nonfinite(terms)
+                for k, v in terms.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / cfg.optim.accum_steps
+
+            if bad_term is not None:
+                if run.nonfinite == "stop":
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"step {step}: loss term '{bad_term}' is not finite ({terms_sum.get(bad_term)}); "
+                        "lower optim.lr, try run.amp=none, or set run.nonfinite=skip to skip such steps"
+                    )
+                skipped += 1
+                optimizer.zero_grad(set_to_none=True)
+                log.warning("step %d: non-finite loss term '%s'; step skipped (%d so far)", step, bad_term, skipped)
+            else:
+                scaler.unscale_(optimizer)
+                grad_norms = clip_per_parameter(clipped, cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else None
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                model.update_teachers(values["momentum"])
+            step += 1
+            window_steps += 1
+            bar.update(1)
+            last_terms = terms_sum
+
+            if step % run.log_every == 0 or step == total_steps:
+                elapsed = time.perf_counter() - window_t0
+                step_time = elapsed / max(window_steps, 1)
+                clips = sampler.samples_per_step / step_time
+                metrics = {**terms_sum, **values, "epoch": epoch, "step_time": step_time, "clips_per_s": clips,
+                           "bad_media_files": len(bad), "skipped_steps": skipped}
+                if grad_norms is not None and bad_term is None and grad_norms.numel():
+                    metrics["grad_norm_max"] = float(grad_norms.max())
+                if step_flops and dist_info.is_main:
+                    if peak is None:
+                        peak = measure_matmul_peak(device)
+                    metrics["mfu"] = step_flops / step_time / peak
+                    metrics["tflops_per_step"] = step_flops / 1e12
+                logger.log(step, metrics)
+                bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}")
+                window_t0, window_steps = time.perf_counter(), 0
+            if step % run.checkpoint_every == 0 and step < total_steps:
+                save(step)
+        del batches, loader
+    bar.close()
+    save(step)
+    logger.close()
+    fingerprints = gather_objects(parameter_fingerprint(model))
+    if len(set(fingerprints)) > 1:
+        log.warning("ranks ended with different parameters: %s", fingerprints)
+
+    summary = {
+        "steps": step,
+        "total_steps": total_steps,
+        "iters_per_epoch": iters_per_epoch,
+        "final": last_terms,
+        "bad_media": bad.counts(),
+        "skipped_steps": skipped,
+        "rank_fingerprints": fingerprints,
+        "run_dir": str(out_dir),
+        "weights": str(out_dir / WEIGHTS_FILE),
+    }
+    if dist_info.is_main:
+        keys = [k for k in ("loss", "ae", "kd", "da") if k in last_terms]
+        if keys and step:
+            try:
+                plot_metrics(out_dir, keys, out_dir / "losses.png")
+            except ValueError as err:  # a run too short to plot
+                log.info("no loss plot: %s", err)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(bad.summary())
+    return summary
+
+

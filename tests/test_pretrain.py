@@ -1,0 +1,100 @@
+"""The pretraining engine on real AV-Digits clips: run folder contents, exact resume, DDP equals one process."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from xkd.config import PretrainConfig, load_config
+from xkd.engine.checkpoint import latest_checkpoint, load_weights
+from xkd.engine.logger import read_metrics
+from xkd.engine.pretrain import NonFiniteLossError, pretrain
+
+CONFIG = Path(__file__).parents[1] / "configs" / "pretrain" / "xkd_avdigits_cpu.yaml"
+TINY = [
+    "model.encoder.dim=32", "model.encoder.heads=2", "model.encoder.depth=1",
+    "model.decoder_dim=16", "model.decoder_heads=2", "model.decoder_depth=1",
+    "model.head_hidden=32", "model.head_bottleneck=16", "model.head_out=64",
+    "data.batch_size=4", "data.num_workers=0", "optim.epochs=2", "optim.warmup_epochs=1",
+    "run.log_every=1", "run.peak_tflops=1.0",
+]
+
+
+def tiny_cfg(manifest, *extra):
+    return load_config(PretrainConfig, CONFIG, [f"data.manifest={manifest}", *TINY, *extra])
+
+
+def weights(path):
+    parts, meta = load_weights(path)
+    return {f"{p}.{k}": v for p, sd in parts.items() for k, v in sd.items()}, meta
+
+
+def test_run_folder_holds_everything(avdigits_tiny, tmp_path):
+    out = tmp_path / "run"
+    summary = pretrain(tiny_cfg(avdigits_tiny), out, max_steps=3, progress=False)
+    assert summary["steps"] == 3
+    for name in ("config.yaml", "metrics.csv", "weights.safetensors", "summary.json"):
+        assert (out / name).is_file(), name
+    assert latest_checkpoint(out) is not None
+    metrics = read_metrics(out)
+    assert metrics["step"] == [1, 2, 3]
+    for key in ("recon_video", "recon_audio", "kd", "da", "loss", "lr", "momentum", "clips_per_s", "mfu"):
+        assert key in metrics and all(torch.isfinite(torch.tensor(metrics[key]))), key
+    tensors, meta = weights(out / "weights.safetensors")
+    assert meta["method"] == "xkd" and json.loads(meta["config"])["method"] == "xkd"
+    prefixes = {k.split(".")[0] for k in tensors}
+    assert prefixes == {"video_student", "audio_student", "video_teacher", "audio_teacher", "video_student_head",
+                        "audio_student_head", "video_teacher_head", "audio_teacher_head", "video_decoder",
+                        "audio_decoder"}
+    assert not any(".module." in k or k.split(".")[1] == "module" for k in tensors)
+    with pytest.raises(FileExistsError, match="--resume"):
+        pretrain(tiny_cfg(avdigits_tiny), out, max_steps=3, progress=False)
+
+
+def test_resume_continues_bitwise(avdigits_tiny, tmp_path):
+    cfg = tiny_cfg(avdigits_tiny, "run.checkpoint_every=2")
+    pretrain(cfg, tmp_path / "straight", max_steps=5, progress=False)
+    pretrain(cfg, tmp_path / "split", max_steps=3, progress=False)
+    pretrain(cfg, tmp_path / "split", max_steps=5, resume=True, progress=False)
+    a, _ = weights(tmp_path / "straight" / "weights.safetensors")
+    b, _ = weights(tmp_path / "split" / "weights.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])][:3]
+    ma, mb = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert mb["step"] == [1, 2, 3, 4, 5]
+    assert ma["loss"] == mb["loss"]
+
+
+def test_nonfinite_loss_stops_with_the_step_and_term(avdigits_tiny, tmp_path):
+    cfg = tiny_cfg(avdigits_tiny, "optim.lr=1e30", "optim.clip_grad=0", "optim.warmup_epochs=0")
+    with pytest.raises(NonFiniteLossError, match=r"step \d+: loss term '\w+'"):
+        pretrain(cfg, tmp_path / "nan", max_steps=7, progress=False)
+    cfg = tiny_cfg(avdigits_tiny, "optim.lr=1e30", "optim.clip_grad=0", "optim.warmup_epochs=0",
+                   "run.nonfinite=skip")
+    summary = pretrain(cfg, tmp_path / "skip", max_steps=7, progress=False)
+    assert summary["skipped_steps"] > 0
+
+
+def test_two_process_ddp_equals_one_process(avdigits_tiny, tmp_path):
+    common = [f"data.manifest={avdigits_tiny}", *TINY, "loss.da=false"]
+    single = load_config(PretrainConfig, CONFIG, [*common, "data.batch_size=8"])
+    pretrain(single, tmp_path / "single", max_steps=2, progress=False)
+
+    sets = [arg for item in [*common, "data.batch_size=4"] for arg in ("--set", item)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "xkd", "pretrain", "--config", str(CONFIG), *sets, "--out", str(tmp_path / "ddp"),
+           "--max-steps", "2", "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert len(summary["rank_fingerprints"]) == 2
+    assert summary["rank_fingerprints"][0] == summary["rank_fingerprints"][1]
+    a, _ = weights(tmp_path / "single" / "weights.safetensors")
+    b, _ = weights(tmp_path / "ddp" / "weights.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
