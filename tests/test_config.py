@@ -70,3 +70,24 @@ def test_no_eval_of_strings(tmp_path):
 def test_cross_field_validation_is_a_config_error():
     with pytest.raises(ConfigError, match="video_patch"):
         load_config(PretrainConfig, None, ["model.num_frames=30"])
+
+
+def test_base_file_is_merged_underneath(tmp_path):
+    (tmp_path / "base.yaml").write_text("method: xkd\noptim:\n  lr: 1e-3\n  epochs: 7\n")
+    (tmp_path / "top.yaml").write_text("base: base.yaml\nmethod: mae\noptim:\n  lr: 2e-3\n")
+    cfg = load_config(PretrainConfig, tmp_path / "top.yaml")
+    assert cfg.method == "mae" and cfg.optim.lr == 2e-3 and cfg.optim.epochs == 7
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(PretrainConfig, tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(PretrainConfig, tmp_path / "orphan.yaml")
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parents[1] / "configs" / "pretrain").glob("*.yaml"))
+    methods = {load_config(PretrainConfig, f).method for f in files}
+    assert methods == {"xkd", "xkd-mas", "xkd-mats", "mae"}

@@ -147,27 +147,48 @@ def _yaml_floats(node: Any) -> Any:
     return node
 
 
+def _merge(base: dict, top: dict) -> dict:
+    """``top`` over ``base``, recursively for nested sections."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_tree(path: Path, seen: tuple[Path, ...]) -> dict:
+    """A YAML file as a dict, with its ``base:`` file (relative to it) merged underneath."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' files form a cycle")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    tree = _yaml_floats(loaded)
+    base = tree.pop("base", None)
+    if base is None:
+        return tree
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: key 'base' expects a file name, got {base!r}")
+    return _merge(_read_tree(path.parent / base, (*seen, path.resolve())), tree)
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Read ``path`` (YAML) into dataclass ``cls``, then apply ``KEY=VALUE`` overrides in order.
 
+    A top-level ``base: OTHER.yaml`` (relative to the file) is read first and the file's keys override it.
     Missing keys take the dataclass defaults. Errors name the key and the file (or ``--set``).
     """
     tree: dict = {}
     source = "<defaults>"
     if path is not None:
         source = str(path)
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{source}: not valid YAML: {err}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{source}: the top level must be a mapping of keys")
-        tree = _yaml_floats(loaded)
+        tree = _read_tree(Path(path), seen=())
     cfg = _build(cls, tree, "", source)
     if not overrides:
         return cfg
