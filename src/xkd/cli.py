@@ -30,8 +30,9 @@ def _add(sub, name: str, help_text: str, description: str | None = None) -> argp
 def _cmd_prepare(args) -> int:
     from xkd.data.avdigits import prepare_avdigits
 
+    out = Path(args.out or (DEFAULT_AVDIGITS + "-tiny" if args.tiny else DEFAULT_AVDIGITS))
     manifest = prepare_avdigits(
-        Path(args.out), tiny=args.tiny, seed=args.seed, num_clips=args.num_clips, progress=not args.no_progress,
+        out, tiny=args.tiny, seed=args.seed, num_clips=args.num_clips, progress=not args.no_progress,
         workers=args.workers,
     )
     print(f"AV-Digits ready: {manifest}")
@@ -73,7 +74,7 @@ def _data_parser(sub) -> None:
         "MP4 files plus manifest.csv (digit, motion, voice labels; image-index split; leave-one-voice-out folds).\n"
         "Deterministic by seed; a finished build is reused, an interrupted one resumes.",
     )
-    av.add_argument("--out", default=DEFAULT_AVDIGITS, help="output folder")
+    av.add_argument("--out", default=None, help=f"output folder (None = {DEFAULT_AVDIGITS}, or {DEFAULT_AVDIGITS}-tiny)")
     av.add_argument("--tiny", action="store_true", help="a small build for smoke tests")
     av.add_argument("--num-clips", type=int, default=None, help="number of clips (None = 5000, or the tiny size with --tiny)")
     av.add_argument("--seed", type=int, default=0, help="random seed of the build")
