@@ -4,6 +4,9 @@
     xkd data check PATH|MANIFEST                          list every broken media file with its reason
     xkd data manifest LAYOUT ROOT --out CSV               manifest of an official dataset layout
     xkd pretrain --config FILE [--set k=v ...]            XKD / MAS / MATS / MAE pretraining
+    xkd extract --weights W --input FILE|DIR|MANIFEST --out FEATURES.npz
+    xkd eval PROTOCOL --weights W --dataset D [--fold K]   svm, linear, knn, retrieval, finetune
+    xkd convert-official SRC OUT.safetensors              official XKD release weights -> our weights file
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 from xkd import __version__
+from xkd.official import add_convert_parser
 
 DEFAULT_AVDIGITS = "data/av-digits"
 
@@ -143,6 +147,109 @@ def _pretrain_parser(sub) -> None:
     p.set_defaults(func=_cmd_pretrain)
 
 
+# ------------------------------------------------------------------------------------------- extract and eval
+def _weights_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", required=True,
+                   help="weights.safetensors, a run folder, or official XKD *.pth.tar files (file or folder)")
+    p.add_argument("--role", choices=("auto", "teacher", "student"), default="auto",
+                   help="which encoders: the EMA teachers, the students, or auto (teachers when present)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _cmd_extract(args) -> int:
+    import xkd
+    from xkd.eval.extract import ExtractOptions, extract_to_file, manifest_from_target
+
+    encoders = xkd.load(args.weights, role=args.role, device=args.device)
+    modalities = [m for m in ("video", "audio") if args.modality in (m, "both") and getattr(encoders, m) is not None]
+    if not modalities:
+        raise ValueError(f"{args.weights} has no {args.modality} encoder")
+    opts = ExtractOptions(clips_per_video=args.clips, three_crop=args.three_crop, batch_size=args.batch_size,
+                          num_workers=args.workers, missing_audio=args.missing_audio, progress=not args.no_progress)
+    out, videos, failed = extract_to_file(encoders, manifest_from_target(args.input), args.out, modalities, opts)
+    for path, reason in failed:
+        print(f"skipped {path}: {reason}")
+    print(f"{videos} videos ({', '.join(modalities)}) -> {out}; {len(failed)} files skipped")
+    return 0
+
+
+def _extract_parser(sub) -> None:
+    p = _add(
+        sub,
+        "extract",
+        "extract per-clip and per-video features to an .npz file",
+        "Extract features (mean of patch tokens, spec §A10) of several uniformly spaced clips per video, streaming\n"
+        "to an .npz readable with plain numpy: {video,audio}_clip [clips, D], {video,audio}_video [videos, D],\n"
+        "clip_row, clip_index, video_row, paths, labels. Files that fail to decode are reported and skipped.",
+    )
+    _weights_args(p)
+    p.add_argument("--input", required=True, help="a media file, a folder of media files, or a manifest CSV")
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--modality", choices=("video", "audio", "both"), default="both", help="which encoders to run")
+    p.add_argument("--clips", type=int, default=3, help="uniformly spaced clips per video")
+    p.add_argument("--three-crop", action="store_true", help="also left/centre/right crops of each clip")
+    p.add_argument("--missing-audio", choices=("skip", "silence"), default="skip",
+                   help="files without an audio track: skip them, or use silence")
+    p.set_defaults(func=_cmd_extract)
+
+
+def _cmd_eval(args) -> int:
+    import xkd
+    from xkd.eval.run import EvalOptions, evaluate, save_report
+    from xkd.eval.tasks import tasks_for
+
+    encoders = xkd.load(args.weights, role=args.role, device=args.device)
+    tasks = tasks_for(args.dataset, fold=args.fold, label_column=args.label_column, modality=args.modality,
+                      task=args.task)
+    opts = EvalOptions(train_clips=args.train_clips, test_clips=args.test_clips, paper_protocol=args.paper_protocol,
+                       seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
+                       progress=not args.no_progress, linear_epochs=args.epochs)
+    if args.protocol == "finetune":
+        from xkd.eval.finetune_run import finetune_tasks
+
+        results = finetune_tasks(encoders, tasks, args)
+    else:
+        results = evaluate(encoders, tasks, args.protocol, opts)
+    paths = save_report(results, args.out, args.protocol)
+    print(Path(paths["markdown"]).read_text())
+    print(f"results: {paths['json']}")
+    return 0
+
+
+def _eval_parser(sub) -> None:
+    from xkd.eval.run import PROTOCOLS
+
+    p = _add(
+        sub,
+        "eval",
+        "evaluate frozen or fine-tuned encoders on a dataset",
+        "Protocols: svm (LinearSVC; C chosen on a val split carved from train; --paper-protocol picks C on test as\n"
+        "the original code did, and says so), linear (linear probe; mAP for multi-label sets), knn, retrieval\n"
+        "(audio <-> video R@1/5/10), finetune (end-to-end). Datasets: a manifest CSV, LAYOUT:ROOT (ucf101 and\n"
+        "hmdb51: 3 official splits; esc50: 5 folds; fsd50k; kinetics400; kinetics_sound), or av-digits[:DIR]\n"
+        "(video digit, video motion, audio digit leave-one-voice-out, audio+video digit). Writes PROTOCOL.json,\n"
+        "PROTOCOL.md (mean ± std over folds) and confusion-matrix PNGs into --out.",
+    )
+    p.add_argument("protocol", choices=PROTOCOLS, help="evaluation protocol")
+    _weights_args(p)
+    p.add_argument("--dataset", required=True, help="manifest CSV, LAYOUT:ROOT, or av-digits[:DIR]")
+    p.add_argument("--fold", type=int, default=None, help="run one fold only (default: every fold)")
+    p.add_argument("--task", default=None, help="run one task only, e.g. 'video motion' for av-digits")
+    p.add_argument("--modality", choices=("video", "audio", "av"), default=None,
+                   help="video, audio, or av (fusion); default video (av-digits: all its tasks)")
+    p.add_argument("--label-column", default="label", help="manifest column holding the labels")
+    p.add_argument("--train-clips", type=int, default=5, help="augmented clips per training video (paper: 25)")
+    p.add_argument("--test-clips", type=int, default=3, help="uniform clips per test video, scores averaged")
+    p.add_argument("--paper-protocol", action="store_true", help="SVM: select C on the test split (labelled)")
+    p.add_argument("--epochs", type=int, default=100, help="linear-probe / fine-tuning epochs")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--out", default="eval", help="output folder")
+    p.set_defaults(func=_cmd_eval)
+
+
 # ---------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -155,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _data_parser(sub)
     _pretrain_parser(sub)
+    _extract_parser(sub)
+    _eval_parser(sub)
+    add_convert_parser(sub)
     return parser
 
 

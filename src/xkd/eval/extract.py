@@ -1,0 +1,268 @@
+"""Feature extraction: decode clips of every row of a manifest, encode them, and keep or stream the features.
+
+Each row gives ``clips_per_video`` clips (uniformly spaced windows, or random augmented ones for SVM training sets,
+spec §A10). A file that cannot be decoded is reported with its reason and left out; it never stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from xkd.api import Encoders
+from xkd.data.dataset import ClipDataset, collate_clips
+from xkd.data.manifest import Manifest, ManifestRow
+from xkd.data.media import MediaError
+from xkd.data.views import EvalViews
+from xkd.eval.features import FeatureSet
+
+log = logging.getLogger(__name__)
+
+MEDIA_EXTENSIONS = {".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v", ".wav", ".flac", ".mp3", ".ogg", ".m4a", ".g722"}
+
+
+@dataclass
+class ExtractOptions:
+    """How clips are drawn and batched."""
+
+    clips_per_video: int = 1
+    augment: bool = False  # random windows with the SVM training augmentation (spec §A10)
+    three_crop: bool = False  # left / centre / right crops of each test clip, kept as extra clips
+    seed: int = 0
+    batch_size: int = 16
+    num_workers: int = 2
+    missing_audio: str = "skip"
+    progress: bool = True
+
+
+class _SafeClips(Dataset):
+    """A :class:`ClipDataset` whose failing items come back as ``{"bad": (path, reason)}`` instead of raising."""
+
+    def __init__(self, dataset: ClipDataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        try:
+            return self.dataset[index]
+        except MediaError as err:
+            return {"bad": (err.path, err.reason), "index": index // self.dataset.clips_per_video}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [i for i in items if "bad" not in i or isinstance(i["bad"], list)]
+    bad = [i["bad"] for i in items if isinstance(i.get("bad"), tuple)]
+    batch = collate_clips(good) if good else {}
+    batch["failed"] = bad
+    return batch
+
+
+def manifest_from_target(target: str | Path) -> Manifest:
+    """A manifest from a manifest CSV, a media file, or a folder of media files (recursive)."""
+    from xkd.data.manifest import read_manifest
+
+    target = Path(target)
+    if target.is_dir():
+        files = sorted(p for p in target.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file())
+        if not files:
+            raise FileNotFoundError(f"{target} holds no media files ({', '.join(sorted(MEDIA_EXTENSIONS))})")
+        return Manifest([ManifestRow(path=p.relative_to(target).as_posix()) for p in files], target)
+    if target.suffix.lower() == ".csv":
+        return read_manifest(target)
+    if not target.is_file():
+        raise FileNotFoundError(f"input not found: {target}")
+    return Manifest([ManifestRow(path=target.name)], target.parent)
+
+
+def iterate_features(
+    encoders: Encoders, manifest: Manifest, modalities: Sequence[str], opts: ExtractOptions
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[tuple[str, str]]]]:
+    """Yield ``(rows [n], clips [n], {modality: features [n, D]}, failed files)`` batch by batch."""
+    cfg = encoders.config
+    if not set(modalities) <= {"video", "audio"} or not modalities:
+        raise ValueError(f"modalities must be among 'video', 'audio', got {list(modalities)}")
+    views = EvalViews(
+        encoders.logmel.cpu(),
+        cfg.data.logmel.sample_rate,
+        crop_size=cfg.model.frame_size,
+        mean=cfg.data.video_mean,
+        std=cfg.data.video_std,
+        short_side=cfg.data.resize_short if not opts.three_crop else None,
+        three_crop=opts.three_crop,
+        augment=opts.augment,
+    )
+    dataset = ClipDataset(
+        manifest,
+        clip_duration=cfg.data.clip_duration,
+        fps=cfg.data.video_fps,
+        short_side=cfg.data.resize_short,
+        sample_rate=cfg.data.logmel.sample_rate,
+        need_video="video" in modalities,
+        need_audio="audio" in modalities,
+        missing_audio=opts.missing_audio,
+        bad_media="error",
+        clips_per_video=opts.clips_per_video,
+        clip_sampling="random" if opts.augment else "uniform",
+        transform=views,
+        seed=opts.seed,
+    )
+    loader = DataLoader(_SafeClips(dataset), batch_size=opts.batch_size, num_workers=opts.num_workers,
+                        collate_fn=_collate)
+    encoders.to(encoders.device)
+    for batch in tqdm(loader, desc="extract", unit="batch", disable=not opts.progress, dynamic_ncols=True):
+        if "index" not in batch:
+            yield np.zeros(0, np.int64), np.zeros(0, np.int64), {}, batch["failed"]
+            continue
+        rows, clips = batch["index"].numpy(), batch["clip"].numpy()
+        feats = {}
+        for modality in modalities:
+            x = batch[modality]
+            if modality == "video":
+                crops = x.shape[1] if x.ndim == 6 else 1  # [B, crops, 3, T, S, S] with three_crop
+                out = encoders.encode_video(x.flatten(0, 1) if crops > 1 else x).reshape(len(rows), crops, -1)
+            else:
+                out = encoders.encode_audio(x).unsqueeze(1)
+            feats[modality] = out.cpu().numpy()
+        crops = max(f.shape[1] for f in feats.values())
+        feats = {m: (np.repeat(f, crops, axis=1) if f.shape[1] == 1 else f).reshape(len(rows) * crops, -1)
+                 for m, f in feats.items()}
+        yield np.repeat(rows, crops), np.repeat(clips * crops, crops) + np.tile(np.arange(crops), len(rows)), feats, \
+            batch["failed"]
+
+
+def extract_features(
+    encoders: Encoders,
+    manifest: Manifest,
+    modalities: Sequence[str],
+    opts: ExtractOptions,
+    label_column: str | None = "label",
+    class_names: list[str] | None = None,
+) -> tuple[dict[str, FeatureSet], list[tuple[str, str]]]:
+    """In-memory features of every clip as :class:`FeatureSet` per modality (video ids = manifest rows), and the
+    files that failed. ``class_names`` fixes the label indices (default: the manifest's classes)."""
+    names = class_names if class_names is not None else (manifest.classes(label_column) if label_column else [])
+    index = {name: i for i, name in enumerate(names)}
+    labels_of_row = (
+        np.array([index[v] for v in manifest.labels_of(label_column)], dtype=np.int64)
+        if label_column
+        else np.zeros(len(manifest), dtype=np.int64)
+    )
+    rows_all, feats_all, failed = [], {m: [] for m in modalities}, []
+    for rows, _, feats, bad in iterate_features(encoders, manifest, modalities, opts):
+        failed.extend(bad)
+        if len(rows):
+            rows_all.append(rows)
+            for m in modalities:
+                feats_all[m].append(feats[m])
+    for path, reason in failed:
+        log.warning("skipped %s (%s)", path, reason)
+    if not rows_all:
+        raise RuntimeError(f"no clip of the {len(manifest)} rows could be decoded ({len(failed)} failures)")
+    rows = np.concatenate(rows_all)
+    sets = {
+        m: FeatureSet(np.concatenate(feats_all[m]), rows, labels_of_row[rows], list(names) or ["unlabelled"])
+        for m in modalities
+    }
+    return sets, failed
+
+
+class _NpyStream:
+    """Rows of a float32 matrix appended to a raw temp file; ``finish()`` turns it into a ``.npy`` member of a zip."""
+
+    def __init__(self, folder: Path, name: str):
+        self.name = name
+        self.path = folder / f"{name}.raw"
+        self.file = open(self.path, "wb")
+        self.rows = 0
+        self.dim: int | None = None
+
+    def append(self, block: np.ndarray) -> None:
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if self.dim is None:
+            self.dim = block.shape[1]
+        self.file.write(block.tobytes())
+        self.rows += len(block)
+
+    def write_to(self, archive: zipfile.ZipFile) -> None:
+        self.file.close()
+        header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, self.dim or 0)}
+        with archive.open(f"{self.name}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_2_0(member, header)
+            with open(self.path, "rb") as raw:
+                shutil.copyfileobj(raw, member, 1 << 20)
+
+
+def extract_to_file(
+    encoders: Encoders, manifest: Manifest, out_path: str | Path, modalities: Sequence[str], opts: ExtractOptions
+) -> tuple[Path, int, list[tuple[str, str]]]:
+    """Stream features to ``out_path`` (.npz, readable with plain ``numpy.load``); memory stays flat.
+
+    Arrays: ``{modality}_clip`` [n_clips, D], ``{modality}_video`` [n_videos, D] (clip mean), ``clip_row`` /
+    ``clip_index`` [n_clips] (manifest row and clip number), ``video_row`` [n_videos], ``paths`` [n_rows] (str),
+    ``labels`` [n_rows] (str, '' when unlabelled). Returns the path, the number of videos written, and the failures.
+    """
+    out_path = Path(out_path)
+    if out_path.suffix != ".npz":
+        out_path = out_path.with_suffix(".npz")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    failed: list[tuple[str, str]] = []
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".extract-") as tmp:
+        tmp = Path(tmp)
+        clip_streams = {m: _NpyStream(tmp, f"{m}_clip") for m in modalities}
+        video_streams = {m: _NpyStream(tmp, f"{m}_video") for m in modalities}
+        clip_row, clip_index, video_row = [], [], []
+        pending_row, pending = None, {m: [] for m in modalities}
+
+        def flush() -> None:
+            if pending_row is None:
+                return
+            video_row.append(pending_row)
+            for m in modalities:
+                video_streams[m].append(np.mean(pending[m], axis=0, keepdims=True))
+                pending[m].clear()
+
+        for rows, clips, feats, bad in iterate_features(encoders, manifest, modalities, opts):
+            failed.extend(bad)
+            for m in modalities:
+                if len(rows):
+                    clip_streams[m].append(feats[m])
+            for i, row in enumerate(rows):
+                if row != pending_row:
+                    flush()
+                    pending_row = int(row)
+                for m in modalities:
+                    pending[m].append(feats[m][i])
+            clip_row.extend(rows.tolist())
+            clip_index.extend(clips.tolist())
+        flush()
+        partial = out_path.with_name(out_path.name + ".partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for stream in [*clip_streams.values(), *video_streams.values()]:
+                stream.write_to(archive)
+            small = {
+                "clip_row": np.asarray(clip_row, dtype=np.int64),
+                "clip_index": np.asarray(clip_index, dtype=np.int64),
+                "video_row": np.asarray(video_row, dtype=np.int64),
+                "paths": np.asarray([r.path for r in manifest.rows], dtype=str),
+                "labels": np.asarray([";".join(r.labels) for r in manifest.rows], dtype=str),
+            }
+            for name, array in small.items():
+                with archive.open(f"{name}.npy", "w") as member:
+                    np.lib.format.write_array(member, array, allow_pickle=False)
+        partial.replace(out_path)
+    for path, reason in failed:
+        log.warning("skipped %s (%s)", path, reason)
+    return out_path, len(video_row), failed
+
