@@ -188,3 +188,9 @@ def _choose_role(role: str, roles: set[str], source: str) -> str:
     if role not in roles:
         raise ValueError(f"{source} has no {role} encoders (it has: {', '.join(sorted(roles))})")
     return role
+
+
+def random_encoders(cfg: PretrainConfig, seed: int = 0, device: str | torch.device = "cpu") -> Encoders:
+    """Randomly initialised encoders of ``cfg``'s architecture: the untrained baseline of an evaluation."""
+    torch.manual_seed(seed)
+    return Encoders(video_encoder(cfg.model), audio_encoder(cfg.model), cfg, "random", "random init").to(device)

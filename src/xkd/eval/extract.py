@@ -10,7 +10,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from xkd.api import Encoders
 from xkd.data.dataset import ClipDataset, collate_clips
+from xkd.data.logmel import LogMel
 from xkd.data.manifest import Manifest, ManifestRow
 from xkd.data.media import MediaError
 from xkd.data.views import EvalViews
@@ -86,15 +87,33 @@ def manifest_from_target(target: str | Path) -> Manifest:
     return Manifest([ManifestRow(path=target.name)], target.parent)
 
 
+def _shared_config(models: Mapping[str, Encoders]):
+    """The config whose data pipeline every model shares (clips are decoded once for all of them)."""
+    configs = list(models.values())
+    first = configs[0].config
+    for enc in configs[1:]:
+        c = enc.config
+        if (c.data != first.data or c.model.frame_size != first.model.frame_size
+                or c.model.spec_size != first.model.spec_size):
+            raise ValueError("models evaluated together must share their data config and input sizes")
+    return first
+
+
 def iterate_features(
-    encoders: Encoders, manifest: Manifest, modalities: Sequence[str], opts: ExtractOptions
-) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], list[tuple[str, str]]]]:
-    """Yield ``(rows [n], clips [n], {modality: features [n, D]}, failed files)`` batch by batch."""
-    cfg = encoders.config
+    models: Mapping[str, Encoders] | Encoders, manifest: Manifest, modalities: Sequence[str], opts: ExtractOptions
+) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, dict[str, np.ndarray]], list[tuple[str, str]]]]:
+    """Yield ``(rows [n], clips [n], {model: {modality: features [n, D]}}, failed files)`` batch by batch.
+
+    Each clip is decoded once and encoded by every model (``models``: name -> encoders, or one :class:`Encoders`,
+    named "model"); a model without an encoder for a modality is skipped for it.
+    """
+    if isinstance(models, Encoders):
+        models = {"model": models}
+    cfg = _shared_config(models)
     if not set(modalities) <= {"video", "audio"} or not modalities:
         raise ValueError(f"modalities must be among 'video', 'audio', got {list(modalities)}")
     views = EvalViews(
-        encoders.logmel.cpu(),
+        LogMel(cfg.data.logmel),
         cfg.data.logmel.sample_rate,
         crop_size=cfg.model.frame_size,
         mean=cfg.data.video_mean,
@@ -120,38 +139,42 @@ def iterate_features(
     )
     loader = DataLoader(_SafeClips(dataset), batch_size=opts.batch_size, num_workers=opts.num_workers,
                         collate_fn=_collate)
-    encoders.to(encoders.device)
     for batch in tqdm(loader, desc="extract", unit="batch", disable=not opts.progress, dynamic_ncols=True):
         if "index" not in batch:
             yield np.zeros(0, np.int64), np.zeros(0, np.int64), {}, batch["failed"]
             continue
         rows, clips = batch["index"].numpy(), batch["clip"].numpy()
-        feats = {}
-        for modality in modalities:
-            x = batch[modality]
-            if modality == "video":
-                crops = x.shape[1] if x.ndim == 6 else 1  # [B, crops, 3, T, S, S] with three_crop
-                out = encoders.encode_video(x.flatten(0, 1) if crops > 1 else x).reshape(len(rows), crops, -1)
-            else:
-                out = encoders.encode_audio(x).unsqueeze(1)
-            feats[modality] = out.cpu().numpy()
-        crops = max(f.shape[1] for f in feats.values())
-        feats = {m: (np.repeat(f, crops, axis=1) if f.shape[1] == 1 else f).reshape(len(rows) * crops, -1)
-                 for m, f in feats.items()}
-        yield np.repeat(rows, crops), np.repeat(clips * crops, crops) + np.tile(np.arange(crops), len(rows)), feats, \
-            batch["failed"]
+        crops = batch["video"].shape[1] if "video" in batch and batch["video"].ndim == 6 else 1
+        out = {}
+        for name, enc in models.items():
+            feats = {}
+            for modality in modalities:
+                if getattr(enc, modality) is None:
+                    continue
+                x = batch[modality]
+                if modality == "video":  # [B, crops, 3, T, S, S] with three_crop
+                    f = enc.encode_video(x.flatten(0, 1) if crops > 1 else x).reshape(len(rows), crops, -1)
+                else:  # one audio view per clip, repeated for each video crop
+                    f = enc.encode_audio(x).unsqueeze(1).expand(-1, crops, -1)
+                feats[modality] = f.reshape(len(rows) * crops, -1).cpu().numpy()
+            out[name] = feats
+        clip_ids = np.repeat(clips * crops, crops) + np.tile(np.arange(crops), len(rows))
+        yield np.repeat(rows, crops), clip_ids, out, batch["failed"]
 
 
 def extract_features(
-    encoders: Encoders,
+    models: Mapping[str, Encoders] | Encoders,
     manifest: Manifest,
     modalities: Sequence[str],
     opts: ExtractOptions,
     label_column: str | None = "label",
     class_names: list[str] | None = None,
-) -> tuple[dict[str, FeatureSet], list[tuple[str, str]]]:
-    """In-memory features of every clip as :class:`FeatureSet` per modality (video ids = manifest rows), and the
-    files that failed. ``class_names`` fixes the label indices (default: the manifest's classes)."""
+) -> tuple[dict[str, dict[str, FeatureSet]], list[tuple[str, str]]]:
+    """In-memory features of every clip: ``{model: {modality: FeatureSet}}`` (video ids = manifest rows; one
+    :class:`Encoders` is named "model"), and the files that failed. ``class_names`` fixes the label indices
+    (default: the manifest's classes)."""
+    if isinstance(models, Encoders):
+        models = {"model": models}
     names = class_names if class_names is not None else (manifest.classes(label_column) if label_column else [])
     index = {name: i for i, name in enumerate(names)}
     labels_of_row = (
@@ -159,21 +182,26 @@ def extract_features(
         if label_column
         else np.zeros(len(manifest), dtype=np.int64)
     )
-    rows_all, feats_all, failed = [], {m: [] for m in modalities}, []
-    for rows, _, feats, bad in iterate_features(encoders, manifest, modalities, opts):
+    rows_all: list[np.ndarray] = []
+    feats_all: dict[str, dict[str, list]] = {m: {} for m in models}
+    failed: list[tuple[str, str]] = []
+    for rows, _, feats, bad in iterate_features(models, manifest, modalities, opts):
         failed.extend(bad)
         if len(rows):
             rows_all.append(rows)
-            for m in modalities:
-                feats_all[m].append(feats[m])
+            for model, per_modality in feats.items():
+                for modality, f in per_modality.items():
+                    feats_all[model].setdefault(modality, []).append(f)
+    failed = list(dict.fromkeys(failed))  # one entry per file, not per clip
     for path, reason in failed:
         log.warning("skipped %s (%s)", path, reason)
     if not rows_all:
         raise RuntimeError(f"no clip of the {len(manifest)} rows could be decoded ({len(failed)} failures)")
     rows = np.concatenate(rows_all)
+    classes = list(names) or ["unlabelled"]
     sets = {
-        m: FeatureSet(np.concatenate(feats_all[m]), rows, labels_of_row[rows], list(names) or ["unlabelled"])
-        for m in modalities
+        model: {m: FeatureSet(np.concatenate(chunks), rows, labels_of_row[rows], classes) for m, chunks in per.items()}
+        for model, per in feats_all.items()
     }
     return sets, failed
 
@@ -233,8 +261,9 @@ def extract_to_file(
                 video_streams[m].append(np.mean(pending[m], axis=0, keepdims=True))
                 pending[m].clear()
 
-        for rows, clips, feats, bad in iterate_features(encoders, manifest, modalities, opts):
+        for rows, clips, per_model, bad in iterate_features(encoders, manifest, modalities, opts):
             failed.extend(bad)
+            feats = per_model.get("model", {})
             for m in modalities:
                 if len(rows):
                     clip_streams[m].append(feats[m])
@@ -262,6 +291,7 @@ def extract_to_file(
                 with archive.open(f"{name}.npy", "w") as member:
                     np.lib.format.write_array(member, array, allow_pickle=False)
         partial.replace(out_path)
+    failed = list(dict.fromkeys(failed))  # one entry per file, not per clip
     for path, reason in failed:
         log.warning("skipped %s (%s)", path, reason)
     return out_path, len(video_row), failed

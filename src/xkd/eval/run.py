@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -45,20 +46,21 @@ class EvalOptions:
 
 
 class FeatureCache:
-    """Clip features of a task's manifest: augmented training clips and uniform test clips, extracted once."""
+    """Clip features of a task manifest's rows for several models: augmented training clips and uniform test clips,
+    each decoded once and encoded by every model, for every modality a model has."""
 
-    def __init__(self, encoders: Encoders, opts: EvalOptions):
-        self.encoders = encoders
+    def __init__(self, models: Mapping[str, Encoders], opts: EvalOptions):
+        self.models = dict(models)
         self.opts = opts
-        self._store: dict[tuple, dict[str, FeatureSet]] = {}
+        self._store: dict[tuple, dict[str, dict[str, FeatureSet]]] = {}
         self.failed: dict[str, str] = {}
 
-    def get(self, task: Task, rows: np.ndarray, train: bool, modalities: list[str]) -> dict[str, FeatureSet]:
-        """Features of ``rows`` (labels of ``task``) for each modality."""
-        key = (id(task.manifest), train, tuple(modalities))
+    def _extract(self, task: Task, train: bool) -> dict[str, dict[str, FeatureSet]]:
+        key = (id(task.manifest), train)
         if key not in self._store:
             needed = np.unique(np.concatenate([f.train_rows if train else f.test_rows for f in task.folds]))
             sub = Manifest([task.manifest[i] for i in needed], task.manifest.root)
+            modalities = [m for m in ("video", "audio") if any(getattr(e, m) is not None for e in self.models.values())]
             opts = ExtractOptions(
                 clips_per_video=self.opts.train_clips if train else self.opts.test_clips,
                 augment=train and self.opts.train_clips > 0,
@@ -67,31 +69,39 @@ class FeatureCache:
                 num_workers=self.opts.num_workers,
                 progress=self.opts.progress,
             )
-            sets, failed = extract_features(self.encoders, sub, modalities, opts, label_column=None)
+            sets, failed = extract_features(self.models, sub, modalities, opts, label_column=None)
             self.failed.update(dict(failed))
             # back to the task manifest's row numbers
-            self._store[key] = {m: FeatureSet(fs.features, needed[fs.video_ids], fs.labels, fs.class_names)
-                                for m, fs in sets.items()}
+            self._store[key] = {
+                model: {m: FeatureSet(fs.features, needed[fs.video_ids], fs.labels, fs.class_names)
+                        for m, fs in per.items()}
+                for model, per in sets.items()
+            }
+        return self._store[key]
+
+    def get(self, model: str, task: Task, rows: np.ndarray, train: bool) -> dict[str, FeatureSet]:
+        """``model``'s features of ``rows`` with the labels of ``task``, per modality."""
         labels, names = task.labels(), task.class_names()
         out = {}
-        for m, fs in self._store[key].items():
+        for m, fs in self._extract(task, train)[model].items():
             keep = np.isin(fs.video_ids, rows)
             ids = fs.video_ids[keep]
             out[m] = FeatureSet(fs.features[keep], ids, labels[ids], names)
         return out
 
 
-def _features(cache: FeatureCache, task: Task, rows: np.ndarray, train: bool) -> FeatureSet:
-    sets = cache.get(task, rows, train, task.modalities())
+def _features(cache: FeatureCache, model: str, task: Task, rows: np.ndarray, train: bool) -> FeatureSet:
+    sets = cache.get(model, task, rows, train)
     return fuse(sets["video"], sets["audio"]) if task.modality == "av" else sets[task.modality]
 
 
-def run_fold(protocol: str, task: Task, fold: Fold, cache: FeatureCache, opts: EvalOptions) -> dict[str, Any]:
-    """One protocol on one fold of a task."""
+def run_fold(protocol: str, model: str, task: Task, fold: Fold, cache: FeatureCache, opts: EvalOptions) -> dict:
+    """One protocol on one fold of a task, for one of the cache's models."""
     if protocol == "retrieval":
-        sets = cache.get(task, fold.test_rows, False, ["video", "audio"])
+        sets = cache.get(model, task, fold.test_rows, False)
         return cross_modal_retrieval(sets["audio"], sets["video"])
-    train, test = _features(cache, task, fold.train_rows, True), _features(cache, task, fold.test_rows, False)
+    train = _features(cache, model, task, fold.train_rows, True)
+    test = _features(cache, model, task, fold.test_rows, False)
     if protocol == "svm":
         if task.multilabel:
             raise ValueError(f"{task.name} is multi-label: use the 'linear' protocol (mAP)")
@@ -105,22 +115,32 @@ def run_fold(protocol: str, task: Task, fold: Fold, cache: FeatureCache, opts: E
     raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
 
 
-def evaluate(encoders: Encoders, tasks: list[Task], protocol: str, opts: EvalOptions) -> dict[str, dict]:
-    """``{task name: run_folds result}`` for a feature-based protocol over every fold of every task."""
-    cache = FeatureCache(encoders, opts)
-    results = {}
+def evaluate_many(
+    models: Mapping[str, Encoders], tasks: list[Task], protocol: str, opts: EvalOptions
+) -> dict[str, dict[str, dict]]:
+    """``{model: {task name: run_folds result}}``: a feature-based protocol over every fold of every task, for
+    several models that share a data config (each clip is decoded once)."""
+    if protocol not in PROTOCOLS or protocol == "finetune":
+        raise ValueError(f"protocol must be one of {', '.join(p for p in PROTOCOLS if p != 'finetune')}")
+    cache = FeatureCache(models, opts)
+    results: dict[str, dict[str, dict]] = {name: {} for name in models}
     for task in tasks:
-        missing = [m for m in task.modalities() if getattr(encoders, m) is None]
-        if protocol == "retrieval":
-            missing = [m for m in ("video", "audio") if getattr(encoders, m) is None]
-        if missing:
-            log.warning("skipping %s: the weights hold no %s encoder", task.name, " or ".join(missing))
-            continue
-        log.info("%s: %s over %d fold(s)", protocol, task.name, len(task.folds))
-        results[task.name] = run_folds(lambda fold: run_fold(protocol, task, fold, cache, opts), task.folds)
+        needed = ["video", "audio"] if protocol == "retrieval" else task.modalities()
+        for name, enc in models.items():
+            missing = [m for m in needed if getattr(enc, m) is None]
+            if missing:
+                log.warning("%s: skipping %s, no %s encoder", name, task.name, " or ".join(missing))
+                continue
+            log.info("%s: %s on %s over %d fold(s)", name, protocol, task.name, len(task.folds))
+            results[name][task.name] = run_folds(lambda f: run_fold(protocol, name, task, f, cache, opts), task.folds)
     if cache.failed:
         log.warning("%d files could not be decoded and were left out", len(cache.failed))
     return results
+
+
+def evaluate(encoders: Encoders, tasks: list[Task], protocol: str, opts: EvalOptions) -> dict[str, dict]:
+    """``{task name: run_folds result}`` for one model (see :func:`evaluate_many`)."""
+    return evaluate_many({"model": encoders}, tasks, protocol, opts)["model"]
 
 
 def save_report(results: dict[str, dict], out_dir: str | Path, name: str) -> dict[str, Any]:
