@@ -71,3 +71,24 @@ def test_batched_leading_dims_and_no_state():
     torch.testing.assert_close(out[1, 2], module(waves[5]))
     assert module.state_dict() == {}  # filterbank and window are rebuilt from the config
     assert torch.isfinite(module(torch.zeros(16000))).all()  # silence: log(eps), no -inf
+
+
+def test_dataset_statistics_match_a_direct_computation(tmp_path):
+    from media_fixtures import make_av
+    from xkd.config import LogMelConfig
+    from xkd.data.manifest import Manifest, ManifestRow
+    from xkd.data.stats import logmel_stats
+
+    for i, freq in enumerate((300.0, 2000.0)):
+        make_av(tmp_path / f"{i}.mp4", seconds=2.0, freq=freq)
+    manifest = Manifest([ManifestRow("0.mp4"), ManifestRow("1.mp4"), ManifestRow("missing.mp4")], tmp_path)
+    cfg = LogMelConfig(n_mels=40)
+    stats = logmel_stats(manifest, cfg, clip_duration=1.0, progress=False)
+    assert stats["files"] == 2 and stats["skipped"] == 1
+    front = LogMel(cfg, normalize=False)
+    from xkd.data.media import decode_clip
+
+    values = torch.cat([front(decode_clip(tmp_path / f"{i}.mp4", 0.5, 1.0, None, video=False).audio).flatten()
+                        for i in range(2)]).double()
+    assert stats["norm_mean"] == pytest.approx(values.mean().item(), rel=1e-6)
+    assert stats["norm_std"] == pytest.approx(values.std(unbiased=False).item(), rel=1e-5)
