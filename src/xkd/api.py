@@ -41,7 +41,7 @@ class Encoders:
     source: str
 
     def __post_init__(self) -> None:
-        self.logmel = LogMel(self.config.data.logmel)
+        self._logmel: tuple | None = None
         for enc in (self.video, self.audio):
             if enc is not None:
                 enc.eval().requires_grad_(False)
@@ -55,11 +55,19 @@ class Encoders:
     def dim(self) -> int:
         return (self.video or self.audio).dim
 
+    @property
+    def logmel(self) -> LogMel:
+        """The log-mel front end of the current ``config.data.logmel`` (rebuilt when the config changes)."""
+        cfg = self.config.data.logmel
+        if self._logmel is None or self._logmel[0] != cfg:
+            self._logmel = (cfg, LogMel(cfg).to(self.device))
+        return self._logmel[1]
+
     def to(self, device: str | torch.device) -> "Encoders":
         for enc in (self.video, self.audio):
             if enc is not None:
                 enc.to(device)
-        self.logmel.to(device)
+        self._logmel = None
         return self
 
     # ------------------------------------------------------------------------------------------------ video

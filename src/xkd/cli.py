@@ -185,13 +185,27 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the input pipeline of the weights' config, e.g. --set data.video_fps=16 "
+                        "--set data.clip_duration=2.0 (repeatable)")
+
+
+def _load_encoders(args):
+    import xkd
+    from xkd.config_io import apply_overrides
+
+    encoders = xkd.load(args.weights, role=args.role, device=args.device)
+    bad = [s for s in args.set if not s.startswith("data.")]
+    if bad:
+        raise ValueError(f"--set here changes only data.* keys (the input pipeline), got {bad}")
+    encoders.config = apply_overrides(encoders.config, args.set, source=f"{args.weights} config")
+    return encoders
 
 
 def _cmd_extract(args) -> int:
-    import xkd
     from xkd.eval.extract import ExtractOptions, extract_to_file, manifest_from_target
 
-    encoders = xkd.load(args.weights, role=args.role, device=args.device)
+    encoders = _load_encoders(args)
     modalities = [m for m in ("video", "audio") if args.modality in (m, "both") and getattr(encoders, m) is not None]
     if not modalities:
         raise ValueError(f"{args.weights} has no {args.modality} encoder")
@@ -225,11 +239,10 @@ def _extract_parser(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    import xkd
     from xkd.eval.run import EvalOptions, evaluate, save_report
     from xkd.eval.tasks import tasks_for
 
-    encoders = xkd.load(args.weights, role=args.role, device=args.device)
+    encoders = _load_encoders(args)
     tasks = tasks_for(args.dataset, fold=args.fold, label_column=args.label_column, modality=args.modality,
                       task=args.task)
     opts = EvalOptions(train_clips=args.train_clips, test_clips=args.test_clips, paper_protocol=args.paper_protocol,

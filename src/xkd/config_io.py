@@ -190,6 +190,11 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         source = str(path)
         tree = _read_tree(Path(path), seen=())
     cfg = _build(cls, tree, "", source)
+    return apply_overrides(cfg, overrides or [], source)
+
+
+def apply_overrides(cfg: T, overrides: list[str], source: str = "<config>") -> T:
+    """A copy of ``cfg`` with ``KEY=VALUE`` overrides applied and the result validated as a whole."""
     if not overrides:
         return cfg
     tree = to_dict(cfg)
@@ -203,7 +208,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             raise ConfigError(f"--set {text}: unknown key '{key}'")
         node[leaf] = value
     label = f"{source} with --set {' '.join(overrides)}"
-    return _build(cls, tree, "", label)
+    return _build(type(cfg), tree, "", label)
 
 
 def to_dict(cfg: Any) -> Any:
@@ -230,6 +235,7 @@ def from_dict(cls: type[T], tree: dict, source: str = "<dict>") -> T:
 __all__ = [
     "ConfigError",
     "load_config",
+    "apply_overrides",
     "dump_config",
     "to_dict",
     "from_dict",
