@@ -14,6 +14,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -127,6 +129,98 @@ def _first_nonfinite(terms: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+@dataclass
+class StepResult:
+    """What one optimiser step reports: mean loss terms over its micro-batches, the first non-finite term (the
+    step was then not applied), and the pre-clip gradient norms of the clipped parameters."""
+
+    terms: dict[str, float]
+    nonfinite: str | None
+    grad_norms: torch.Tensor | None
+
+
+class Trainer:
+    """The model, its optimiser and grad scaler, and one training step (forward, backward, clip, step, EMA).
+
+    Shared by :func:`pretrain` and the benchmarks. ``train_step`` takes the step's micro-batches (dicts with
+    ``frames`` and ``audio`` lists) and the scheduled values of the step.
+    """
+
+    def __init__(self, cfg: PretrainConfig, dist_info: DistInfo):
+        self.cfg = cfg
+        self.dist = dist_info
+        device = dist_info.device
+        torch.manual_seed(cfg.run.seed)
+        self.model = XKD(cfg).to(device)
+        groups = param_groups(
+            self.model.trainable_modules(),
+            decay_embeddings=cfg.optim.decay_embeddings,
+            clipped=["student", "decoder"] if cfg.optim.clip_decoders else ["student"],
+        )
+        self.clipped = [p for g in groups if g["clip"] for p in g["params"]]
+        self.optimizer = build_optimizer(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
+        self.scaler = make_grad_scaler(cfg.run.amp, device)
+        self.train_model: torch.nn.Module = self.model
+        if dist_info.world_size > 1:
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
+        self.step_flops: int | None = None  # FLOPs of one optimiser step, counted on the first step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def _forward_backward(self, batch: dict, step: int, micro: int, temps: tuple[float, float]) -> dict:
+        cfg, device = self.cfg, self.dist.device
+        accum = cfg.optim.accum_steps
+        frames = [v.to(device, non_blocking=True) for v in batch["frames"]]
+        audio = [a.to(device, non_blocking=True) for a in batch["audio"]]
+        noise = mask_noise(cfg, self.model, step * accum + micro, frames[0].shape[0], self.dist)
+        last = micro == accum - 1
+        sync = nullcontext() if last or self.dist.world_size == 1 else self.train_model.no_sync()
+        with sync:
+            with amp_context(device, cfg.run.amp):
+                loss, terms = self.train_model(frames, audio, temps, noise)
+            self.scaler.scale(loss / accum).backward()
+        return terms
+
+    def train_step(self, micro_batches: Iterable[dict], step: int, values: dict[str, float]) -> StepResult:
+        """One optimiser step at global step ``step`` with the scheduled ``values`` (lr, weight_decay, momentum,
+        teacher temperatures). A non-finite loss term leaves the parameters untouched."""
+        cfg = self.cfg
+        apply_schedules(self.optimizer, values["lr"], values["weight_decay"])
+        temps = (values["video_teacher_temp"], values["audio_teacher_temp"])
+        sums: dict[str, float] = {}
+        nonfinite = None
+        for micro, batch in enumerate(micro_batches):
+            if self.step_flops is None and self.dist.is_main and micro == 0:
+                captured: dict = {}
+                flops = count_flops(lambda: captured.update(self._forward_backward(batch, step, micro, temps)))
+                self.step_flops = flops * cfg.optim.accum_steps
+                terms = captured
+            else:
+                terms = self._forward_backward(batch, step, micro, temps)
+            nonfinite = nonfinite or _first_nonfinite(terms)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) / cfg.optim.accum_steps
+        grad_norms = None
+        if nonfinite is None:
+            self.scaler.unscale_(self.optimizer)
+            if cfg.optim.clip_grad > 0:
+                grad_norms = clip_per_parameter(self.clipped, cfg.optim.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.model.update_teachers(values["momentum"])
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(sums, nonfinite, grad_norms)
+
+
 def pretrain(
     cfg: PretrainConfig,
     out_dir: str | Path,
@@ -175,21 +269,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     total_steps = min(full_steps, limit) if limit else full_steps
 
     # -------------------------------------------------------------- model
-    torch.manual_seed(run.seed)
-    model = XKD(cfg).to(device)
-    groups = param_groups(
-        model.trainable_modules(),
-        decay_embeddings=cfg.optim.decay_embeddings,
-        clipped=["student", "decoder"] if cfg.optim.clip_decoders else ["student"],
-    )
-    clipped = [p for g in groups if g["clip"] for p in g["params"]]
-    optimizer = build_optimizer(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
-    scaler = make_grad_scaler(run.amp, device)
-    train_model: torch.nn.Module = model
-    if dist_info.world_size > 1:
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )
+    trainer = Trainer(cfg, dist_info)
+    model = trainer.model
 
     # ---------------------------------------------------------- schedules
     sched = build_schedules(cfg.optim, cfg.loss, iters_per_epoch, total_steps)
@@ -200,9 +281,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     skipped = 0
     if resume and previous is not None:
         state = ckpt.load_checkpoint(previous, map_location=device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        trainer.load_state_dict(state)
         ckpt.restore_rng_state(state["rng"])
         step = int(state["step"])
         skipped = int(state.get("skipped_steps", 0))
@@ -215,9 +294,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     def save(at_step: int) -> None:
         if dist_info.is_main:
             state = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
+                **trainer.state_dict(),
                 "step": at_step,
                 "config": to_dict(cfg),
                 "rng": ckpt.capture_rng_state(),
@@ -231,7 +308,6 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
 
     # --------------------------------------------------------------- loop
     peak = run.peak_tflops * 1e12 if run.peak_tflops > 0 else None
-    step_flops: int | None = None
     bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.method}", unit="step",
                disable=not (progress and dist_info.is_main), dynamic_ncols=True)
     last_terms: dict[str, float] = {}
@@ -251,55 +327,25 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
         batches = iter(loader)
         while step < total_steps and step // iters_per_epoch == epoch:
             values = sched.at(step)
-            apply_schedules(optimizer, values["lr"], values["weight_decay"])
-            temps = (values["video_teacher_temp"], values["audio_teacher_temp"])
-            terms_sum: dict[str, float] = {}
-            bad_term = None
-            for micro in range(cfg.optim.accum_steps):
+            micro_batches = []
+            for _ in range(cfg.optim.accum_steps):
                 batch = next(batches)
                 for path, reason in bad.update(batch):
                     log.warning("bad media skipped: %s (%s)", path, reason)
-                frames = [v.to(device, non_blocking=True) for v in batch["frames"]]
-                audio = [a.to(device, non_blocking=True) for a in batch["audio"]]
-                noise = mask_noise(cfg, model, step * cfg.optim.accum_steps + micro, frames[0].shape[0], dist_info)
-                last_micro = micro == cfg.optim.accum_steps - 1
-                sync = nullcontext() if last_micro or dist_info.world_size == 1 else train_model.no_sync()
-
-                def forward_backward():
-                    with sync:
-                        with amp_context(device, run.amp):
-                            loss, terms = train_model(frames, audio, temps, noise)
-                        scaler.scale(loss / cfg.optim.accum_steps).backward()
-                    return terms
-
-                if step_flops is None and dist_info.is_main and micro == 0:
-                    captured = {}
-                    step_flops = count_flops(lambda: captured.update(forward_backward()))
-                    step_flops *= cfg.optim.accum_steps
-                    terms = captured
-                else:
-                    terms = forward_backward()
-                bad_term = bad_term or _first_nonfinite(terms)
-                for k, v in terms.items():
-                    terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / cfg.optim.accum_steps
-
-            if bad_term is not None:
+                micro_batches.append(batch)
+            result = trainer.train_step(micro_batches, step, values)
+            terms_sum = result.terms
+            if result.nonfinite is not None:
                 if run.nonfinite == "stop":
                     bar.close()
                     raise NonFiniteLossError(
-                        f"step {step}: loss term '{bad_term}' is not finite ({terms_sum.get(bad_term)}); "
-                        "lower optim.lr, try run.amp=none, or set run.nonfinite=skip to skip such steps"
+                        f"step {step}: loss term '{result.nonfinite}' is not finite "
+                        f"({terms_sum.get(result.nonfinite)}); lower optim.lr, try run.amp=none, or set "
+                        "run.nonfinite=skip to skip such steps"
                     )
                 skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                log.warning("step %d: non-finite loss term '%s'; step skipped (%d so far)", step, bad_term, skipped)
-            else:
-                scaler.unscale_(optimizer)
-                grad_norms = clip_per_parameter(clipped, cfg.optim.clip_grad) if cfg.optim.clip_grad > 0 else None
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                model.update_teachers(values["momentum"])
+                log.warning("step %d: non-finite loss term '%s'; step skipped (%d so far)", step,
+                            result.nonfinite, skipped)
             step += 1
             window_steps += 1
             bar.update(1)
@@ -311,13 +357,13 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 clips = sampler.samples_per_step / step_time
                 metrics = {**terms_sum, **values, "epoch": epoch, "step_time": step_time, "clips_per_s": clips,
                            "bad_media_files": len(bad), "skipped_steps": skipped}
-                if grad_norms is not None and bad_term is None and grad_norms.numel():
-                    metrics["grad_norm_max"] = float(grad_norms.max())
-                if step_flops and dist_info.is_main:
+                if result.grad_norms is not None and result.grad_norms.numel():
+                    metrics["grad_norm_max"] = float(result.grad_norms.max())
+                if trainer.step_flops and dist_info.is_main:
                     if peak is None:
                         peak = measure_matmul_peak(device)
-                    metrics["mfu"] = step_flops / step_time / peak
-                    metrics["tflops_per_step"] = step_flops / 1e12
+                    metrics["mfu"] = trainer.step_flops / step_time / peak
+                    metrics["tflops_per_step"] = trainer.step_flops / 1e12
                 logger.log(step, metrics)
                 bar.set_postfix(loss=f"{terms_sum['loss']:.4f}", lr=f"{values['lr']:.2e}")
                 window_t0, window_steps = time.perf_counter(), 0

@@ -1,0 +1,105 @@
+"""Pretraining step speed: ms/step, clips/s, peak memory and MFU of any config, on synthetic batches.
+
+    python benchmarks/pretrain_step.py --config configs/pretrain/xkd_avdigits_cpu.yaml
+    python benchmarks/pretrain_step.py --config configs/pretrain/xkd_kinetics400.yaml --set data.batch_size=2
+
+The step is the engine's own (xkd.engine.pretrain.Trainer: forward, backward, clipping, AdamW, EMA) on random
+tensors of the config's view shapes, so data loading is excluded (see benchmarks/data_pipeline.py). MFU is the
+FLOPs torch counts for one step over the step time, divided by this machine's fp32 matmul peak, measured here.
+Prints one JSON line and a short summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+
+import torch
+
+from xkd.config import PretrainConfig, load_config
+from xkd.engine.distributed import DistInfo
+from xkd.engine.flops import measure_matmul_peak
+from xkd.engine.pretrain import Trainer
+
+
+def synthetic_batch(cfg: PretrainConfig, generator: torch.Generator) -> dict[str, list[torch.Tensor]]:
+    """Random tensors with the shapes PretrainViews produces for ``cfg``."""
+    d, m, b = cfg.data, cfg.model, cfg.data.batch_size
+    local_frames = m.num_frames // d.temporal_ratio
+    frames = [torch.randn(b, 3, m.num_frames, m.frame_size, m.frame_size, generator=generator)]
+    frames += [torch.randn(b, 3, local_frames, d.video_local.crop_size, d.video_local.crop_size, generator=generator)
+               for _ in range(d.num_local_views)]
+    local_time = round((d.audio_local.duration or d.clip_duration) * d.logmel.sample_rate) // d.logmel.hop_length + 1
+    audio = [torch.randn(b, 1, *m.spec_size, generator=generator),
+             torch.randn(b, 1, m.spec_size[0], local_time, generator=generator)]
+    return {"frames": frames, "audio": audio}
+
+
+def values(cfg: PretrainConfig) -> dict[str, float]:
+    return {"lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "momentum": cfg.loss.ema_start,
+            "video_teacher_temp": cfg.loss.video_teacher_temp, "audio_teacher_temp": cfg.loss.audio_teacher_temp}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="pretraining config")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    parser.add_argument("--peak-seconds", type=float, default=2.0, help="time spent measuring the matmul peak")
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(PretrainConfig, args.config, args.set)
+    device = torch.device("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
+    trainer = Trainer(cfg, DistInfo(0, 1, 0, device, True))
+    g = torch.Generator().manual_seed(0)
+    batches = [synthetic_batch(cfg, g) for _ in range(cfg.optim.accum_steps)]
+    v = values(cfg)
+    trainer.model.train()
+    for step in range(args.warmup):
+        trainer.train_step(batches, step, v)
+    times = []
+    for step in range(args.warmup, args.warmup + args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        trainer.train_step(batches, step, v)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = measure_matmul_peak(device, seconds=args.peak_seconds)
+    step_s = statistics.median(times)
+    clips = cfg.data.batch_size * cfg.optim.accum_steps
+    result = {
+        "config": args.config,
+        "overrides": args.set,
+        "method": cfg.method,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "batch": clips,
+        "amp": cfg.run.amp,
+        "ms_per_step": 1000 * step_s,
+        "ms_per_step_min": 1000 * min(times),
+        "clips_per_s": clips / step_s,
+        "gflops_per_step": trainer.step_flops / 1e9,
+        "matmul_peak_gflops": peak / 1e9,
+        "mfu": trainer.step_flops / step_s / peak,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+    }
+    print(json.dumps(result))
+    print(f"{cfg.method}: {result['ms_per_step']:.0f} ms/step, {result['clips_per_s']:.1f} clips/s, "
+          f"{result['gflops_per_step']:.1f} GFLOP/step, MFU {100 * result['mfu']:.1f}% of "
+          f"{result['matmul_peak_gflops']:.0f} GFLOP/s, peak RSS {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()
