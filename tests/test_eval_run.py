@@ -61,3 +61,28 @@ def test_several_models_share_one_decode_and_match_single_runs(separable, encode
     name = tasks[0].name
     assert both["b"][name]["summary"] == alone[name]["summary"]
     assert np.array_equal(both["b"][name]["confusion"], alone[name]["confusion"])
+
+
+def test_cli_eval_writes_json_markdown_and_confusion(separable, tmp_path, capsys):
+    import json
+
+    from xkd.cli import main
+    from xkd.engine.pretrain import save_weights_file
+    from xkd.models.xkd import XKD
+    from eval_fixtures import tiny_config
+
+    cfg = tiny_config()
+    save_weights_file(XKD(cfg), cfg, tmp_path / "weights.safetensors", step=0)
+    common = ["--weights", str(tmp_path / "weights.safetensors"), "--dataset", str(separable), "--workers", "0",
+              "--no-progress", "--train-clips", "1", "--test-clips", "1"]
+    assert main(["eval", "svm", *common, "--out", str(tmp_path / "svm")]) == 0
+    assert "C selected on val" in capsys.readouterr().out
+    result = json.loads((tmp_path / "svm" / "svm.json").read_text())
+    assert result["manifest video"]["summary"]["top1"]["mean"] > 0.9
+    assert list((tmp_path / "svm").glob("*confusion.png"))
+    assert main(["eval", "svm", *common, "--paper-protocol", "--out", str(tmp_path / "paper")]) == 0
+    assert "paper (C selected on test)" in (tmp_path / "paper" / "svm.md").read_text()
+    ft = ["--epochs", "1", "--ft-set", "batch_size=4", "--ft-set", "test_clips=1", "--ft-set", "test_crops=1",
+          "--ft-set", "val_fraction=0"]
+    assert main(["eval", "finetune", *common, *ft, "--out", str(tmp_path / "ft")]) == 0
+    assert "fine-tune" in (tmp_path / "ft" / "finetune.md").read_text()

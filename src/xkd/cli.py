@@ -249,9 +249,16 @@ def _cmd_eval(args) -> int:
                        seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
                        progress=not args.no_progress, linear_epochs=args.epochs)
     if args.protocol == "finetune":
-        from xkd.eval.finetune_run import finetune_tasks
+        from xkd.config_io import apply_overrides
+        from xkd.eval.finetune import finetune_recipe
+        from xkd.eval.run import finetune_tasks
 
-        results = finetune_tasks(encoders, tasks, args)
+        recipe = finetune_recipe(args.recipe)
+        device = "cuda" if str(args.device).startswith("cuda") else "cpu"
+        base = [f"epochs={args.epochs}", f"warmup_epochs={min(recipe.warmup_epochs, args.epochs)}",
+                f"seed={args.seed}", f"num_workers={args.workers}", f"device={device}"]
+        ft = apply_overrides(recipe, base + args.ft_set, source=f"fine-tuning recipe {args.recipe}")
+        results = finetune_tasks(encoders, tasks, ft, out_dir=args.out, progress=not args.no_progress)
     else:
         results = evaluate(encoders, tasks, args.protocol, opts)
     paths = save_report(results, args.out, args.protocol)
@@ -287,6 +294,10 @@ def _eval_parser(sub) -> None:
     p.add_argument("--paper-protocol", action="store_true", help="SVM: select C on the test split (labelled)")
     p.add_argument("--epochs", type=int, default=100, help="linear-probe / fine-tuning epochs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--recipe", default="ucf101", choices=("ucf101", "hmdb51", "k400", "esc50", "fsd50k"),
+                   help="finetune: the paper's recipe to start from (spec §A10)")
+    p.add_argument("--ft-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="finetune: override a recipe key, e.g. --ft-set batch_size=8 --ft-set test_crops=1")
     p.add_argument("--out", default="eval", help="output folder")
     p.set_defaults(func=_cmd_eval)
 

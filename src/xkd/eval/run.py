@@ -146,3 +146,33 @@ def evaluate(encoders: Encoders, tasks: list[Task], protocol: str, opts: EvalOpt
 def save_report(results: dict[str, dict], out_dir: str | Path, name: str) -> dict[str, Any]:
     """JSON + Markdown table + confusion matrices; returns the paths (see :func:`write_results`)."""
     return write_results(results, out_dir, name)
+
+
+def finetune_tasks(encoders: Encoders, tasks: list[Task], cfg, out_dir: str | Path | None = None,
+                   progress: bool = True) -> dict[str, dict]:
+    """``{task name: run_folds result}`` of end-to-end fine-tuning (xkd.eval.finetune) on every fold.
+
+    cfg: a :class:`xkd.eval.finetune.FinetuneConfig`. Audio+video tasks are not fine-tuned (one encoder at a time).
+    """
+    from xkd.eval.finetune import finetune
+
+    results = {}
+    for task in tasks:
+        if task.modality == "av":
+            log.warning("skipping %s: fine-tuning takes one modality", task.name)
+            continue
+        encoder = getattr(encoders, task.modality)
+        if encoder is None:
+            log.warning("skipping %s: the weights hold no %s encoder", task.name, task.modality)
+            continue
+
+        def one_fold(fold: Fold, task: Task = task, encoder=encoder) -> dict:
+            train = Manifest([task.manifest[i] for i in fold.train_rows], task.manifest.root)
+            test = Manifest([task.manifest[i] for i in fold.test_rows], task.manifest.root)
+            fold_dir = None if out_dir is None else Path(out_dir) / task.name.replace(" ", "_") / str(fold)
+            return finetune(encoder, train, test, task.label_column, task.modality, cfg, encoders.config.data,
+                            out_dir=fold_dir, progress=progress)
+
+        log.info("finetune: %s over %d fold(s)", task.name, len(task.folds))
+        results[task.name] = run_folds(one_fold, task.folds)
+    return results
