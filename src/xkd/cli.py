@@ -212,8 +212,10 @@ def _cmd_extract(args) -> int:
     opts = ExtractOptions(clips_per_video=args.clips, three_crop=args.three_crop, batch_size=args.batch_size,
                           num_workers=args.workers, missing_audio=args.missing_audio, progress=not args.no_progress)
     out, videos, failed = extract_to_file(encoders, manifest_from_target(args.input), args.out, modalities, opts)
+    from xkd.data.check import shown
+
     for path, reason in failed:
-        print(f"skipped {path}: {reason}")
+        print(f"skipped {shown(path)}: {reason}")
     print(f"{videos} videos ({', '.join(modalities)}) -> {out}; {len(failed)} files skipped")
     return 0
 

@@ -12,6 +12,8 @@ are shorter than ``min_duration`` (``too-short``). The reasons are those of :mod
 
 from __future__ import annotations
 
+import os
+
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -55,6 +57,11 @@ def _decoded_ends(container, streams) -> dict[str, float]:
             kind = packet.stream.type
             ends[kind] = max(ends.get(kind, 0.0), end - origin)
     return ends
+
+
+def shown(path: str | Path) -> str:
+    """A path printable on any terminal: bytes that are not UTF-8 (kept by Python as surrogates) become escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def check_file(path: Path, min_duration: float, need_audio: bool, need_video: bool) -> Problem | None:
@@ -140,11 +147,11 @@ def run_check(
         print(f"xkd data check: {e}", file=out)
         return 2
     if not paths:
-        print(f"xkd data check: no media files found in {target}", file=out)
+        print(f"xkd data check: no media files found in {shown(target)}", file=out)
         return 2
     problems = check_files(paths, min_duration, need_audio, need_video)
     for p in problems:
-        print(f"{p.path}: {p.reason}: {p.detail}", file=out)
+        print(f"{shown(p.path)}: {p.reason}: {p.detail}", file=out)
     if not problems:
         print(f"checked {len(paths)} files: all fine", file=out)
         return 0

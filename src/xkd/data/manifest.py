@@ -128,7 +128,8 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
-    with path.open(newline="", encoding="utf-8") as fh:
+    # surrogateescape: file names that are not UTF-8 (POSIX allows any bytes) survive a round trip
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         reader = csv.DictReader(fh)
         if not reader.fieldnames or "path" not in reader.fieldnames:
             raise ManifestError(f"{path}: the header must contain a 'path' column (got {reader.fieldnames})")
@@ -166,7 +167,7 @@ def write_manifest(manifest: Manifest, path: str | Path) -> Path:
         for k in r.extra:
             if k not in extra_cols:
                 extra_cols.append(k)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         w = csv.writer(fh)
         w.writerow([*CORE_COLUMNS, *extra_cols])
         for r in manifest.rows:

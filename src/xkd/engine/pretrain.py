@@ -251,6 +251,9 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     if dist_info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out_dir / "config.yaml")
+        # temporary files of writes a crash interrupted (never read: a checkpoint only exists once renamed)
+        for stale in [*out_dir.glob(f".{WEIGHTS_FILE}.*.tmp"), *(out_dir / ckpt.CHECKPOINT_DIR).glob(".step_*.tmp")]:
+            stale.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- data
     dataset = build_dataset(cfg)
