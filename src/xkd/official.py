@@ -432,29 +432,16 @@ def _load(
     return encoders, cfg, files
 
 
-def load_official(
-    path: str | os.PathLike,
-    *,
-    heads: int | None = None,
-    num_frames: int | None = None,
-    frame_size: int | None = None,
-    spec_frames: int | None = None,
-    stored_num_frames: int | None = None,
-    stored_frame_size: int | None = None,
-    stored_spec_size: tuple[int, int] | None = None,
-) -> dict[str, Encoder]:
+def load_official(path: str | os.PathLike, **options: Any) -> dict[str, Encoder]:
     """Official backbones (a file or a folder, see :func:`official_files`) as our encoders, loaded strictly:
     ``{"video_student" | "video_teacher" | "audio_student" | "audio_teacher": Encoder}``.
 
-    ``num_frames`` / ``frame_size`` / ``spec_frames`` configure the encoders for another input size; the stored
-    position embedding is resampled once (see the module docstring). ``stored_*`` give the size the weights were
-    trained at when the position embedding does not determine it (see :func:`official_model_config`); ``heads``
-    defaults to dim // 64.
+    Keyword options: ``num_frames`` / ``frame_size`` / ``spec_frames`` configure the encoders for another input size
+    (the stored position embedding is resampled once, see the module docstring); ``stored_num_frames`` /
+    ``stored_frame_size`` / ``stored_spec_size`` give the size the weights were trained at when the position embedding
+    does not determine it (see :func:`official_model_config`); ``heads`` defaults to dim // 64.
     """
-    encoders, _, _ = _load(
-        path, heads, num_frames, frame_size, spec_frames, stored_num_frames, stored_frame_size, stored_spec_size
-    )
-    return encoders
+    return load_official_with_config(path, **options)[0]
 
 
 def load_official_with_config(path: str | os.PathLike, **options: Any) -> tuple[dict[str, Encoder], ModelConfig]:
