@@ -67,11 +67,9 @@ class DataConfig:
     manifest: str = ""  # CSV manifest (see xkd.data.manifest); empty = must be given on the command line
     root: str = ""  # prefix for relative paths in the manifest; empty = the manifest's folder
     split: str = "train"  # rows of this split are used (empty = all rows)
-    extra_audio_manifest: str = ""  # optional audio-only clips for audio pretraining volume (unused when empty)
     clip_duration: float = 4.0
     video_fps: float = 8.0
     resize_short: int = 112  # short side after decoding (the "Basic" resize)
-    min_duration: float = 1.1  # files shorter than this are bad media
     video_mean: tuple[float, float, float] = IMAGENET_MEAN
     video_std: tuple[float, float, float] = IMAGENET_STD
     video_global: VideoViewConfig = field(default_factory=VideoViewConfig)
