@@ -8,6 +8,7 @@
     xkd eval PROTOCOL --weights W --dataset D [--fold K]   svm, linear, knn, retrieval, finetune
     xkd demo [--out DIR] [--quick]                         AV-Digits end to end, with a report
     xkd convert-official SRC OUT.safetensors              official XKD release weights -> our weights file
+    xkd train-ccl --config FILE                           CCL: distil frozen audio / image teachers into a video net
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from xkd import __version__
+from xkd.ccl.cli import add_ccl_parser
 from xkd.official import add_convert_parser
 
 DEFAULT_AVDIGITS = "data/av-digits"
@@ -348,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _demo_parser(sub)
     add_convert_parser(sub)
+    add_ccl_parser(sub)
     return parser
 
 
