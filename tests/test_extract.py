@@ -60,3 +60,16 @@ def test_cli_extract_reports_skipped_files(folder, tmp_path, capsys, monkeypatch
     assert code == 0
     assert "6 videos" in out and "3 files skipped" in out and "no-audio" in out
     assert np.load(tmp_path / "features.npz")["video_video"].shape == (6, 32)
+
+
+def test_models_evaluated_together_may_differ_in_training_views_but_not_in_inputs():
+    from xkd.eval.extract import _shared_config
+
+    base = random_encoders(tiny_config(), seed=0)
+    mas_like = tiny_config()
+    mas_like.data.num_local_views, mas_like.data.batch_size = 3, 7
+    assert _shared_config({"a": base, "b": random_encoders(mas_like, seed=1)}) is base.config
+    other = tiny_config()
+    other.data.resize_short += 8
+    with pytest.raises(ValueError, match="resize_short"):
+        _shared_config({"a": base, "b": random_encoders(other, seed=1)})

@@ -87,15 +87,23 @@ def manifest_from_target(target: str | Path) -> Manifest:
     return Manifest([ManifestRow(path=target.name)], target.parent)
 
 
+def _eval_inputs(cfg) -> tuple:
+    """What evaluation reads from a config: decoding, log-mel, normalisation and input sizes (not the training
+    views, batch size or manifest)."""
+    d = cfg.data
+    return (d.clip_duration, d.video_fps, d.resize_short, d.video_mean, d.video_std, d.logmel,
+            cfg.model.frame_size, cfg.model.spec_size)
+
+
 def _shared_config(models: Mapping[str, Encoders]):
-    """The config whose data pipeline every model shares (clips are decoded once for all of them)."""
+    """The config whose evaluation inputs every model shares (clips are decoded once for all of them)."""
     configs = list(models.values())
     first = configs[0].config
     for enc in configs[1:]:
-        c = enc.config
-        if (c.data != first.data or c.model.frame_size != first.model.frame_size
-                or c.model.spec_size != first.model.spec_size):
-            raise ValueError("models evaluated together must share their data config and input sizes")
+        if _eval_inputs(enc.config) != _eval_inputs(first):
+            raise ValueError("models evaluated together must share their decoding, log-mel, normalisation and "
+                             "input sizes (data.clip_duration, video_fps, resize_short, video_mean/std, logmel; "
+                             "model.frame_size, spec_size)")
     return first
 
 
