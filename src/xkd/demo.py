@@ -45,25 +45,17 @@ class DemoPlan:
         return cls(Path(data_dir or default), quick, steps or (12 if quick else 400), 1 if quick else 2, workers)
 
 
-def _config(name: str, manifest: Path, plan: DemoPlan) -> PretrainConfig:
+def cpu_recipe(name: str, overrides: list[str]) -> PretrainConfig:
+    """One of the ``configs/pretrain`` recipes of this checkout, with ``--set``-style overrides."""
     path = CONFIG_DIR / name
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the demo from a checkout of xkd (pip install -e .)")
-    overrides = [f"data.manifest={manifest}", f"data.num_workers={plan.workers}",
-                 f"run.log_every={max(1, min(10, plan.steps // 10))}"]
+        raise FileNotFoundError(f"{path} is missing: run this from a checkout of xkd (pip install -e .)")
     return load_config(PretrainConfig, path, overrides)
 
 
-def _pretrain(cfg: PretrainConfig, out: Path, steps: int) -> Path:
-    from xkd.engine.checkpoint import latest_checkpoint
-    from xkd.engine.pretrain import WEIGHTS_FILE, pretrain
-
-    summary = out / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("steps") == steps:
-        log.info("reusing the finished run in %s", out)
-        return out / WEIGHTS_FILE
-    pretrain(cfg, out, resume=latest_checkpoint(out) is not None if out.exists() else False, max_steps=steps)
-    return out / WEIGHTS_FILE
+def _config(name: str, manifest: Path, plan: DemoPlan) -> PretrainConfig:
+    return cpu_recipe(name, [f"data.manifest={manifest}", f"data.num_workers={plan.workers}",
+                             f"run.log_every={max(1, min(10, plan.steps // 10))}"])
 
 
 def _plot_curves(runs: dict[str, Path], path: Path) -> Path:
@@ -125,6 +117,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
     from xkd.data.avdigits import prepare_avdigits
     from xkd.eval.extract import ExtractOptions, extract_features
     from xkd.eval.run import EvalOptions, evaluate_many, save_report
+    from xkd.engine.pretrain import pretrain_or_reuse
     from xkd.eval.tasks import tasks_for
 
     out = Path(out)
@@ -140,7 +133,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
     for name, config in (("XKD", "xkd_avdigits_cpu.yaml"), ("MAE-only", "mae_avdigits_cpu.yaml")):
         t = time.perf_counter()
         run_dir = out / ("xkd" if name == "XKD" else "mae")
-        _pretrain(_config(config, manifest, plan), run_dir, plan.steps)
+        pretrain_or_reuse(_config(config, manifest, plan), run_dir, plan.steps)
         runs[name] = run_dir
         timings[f"pretrain {name}"] = time.perf_counter() - t
 

@@ -241,6 +241,21 @@ def pretrain(
         cleanup()
 
 
+def pretrain_or_reuse(cfg: PretrainConfig, out_dir: str | Path, steps: int, progress: bool = True) -> Path:
+    """Pretrain ``steps`` steps into ``out_dir`` unless a finished run of that length is there (resuming an interrupted
+    one); returns the weights file."""
+    from xkd.engine.checkpoint import latest_checkpoint
+
+    out_dir = Path(out_dir)
+    summary = out_dir / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("steps") == steps:
+        log.info("reusing the finished run in %s", out_dir)
+        return out_dir / WEIGHTS_FILE
+    resume = out_dir.exists() and latest_checkpoint(out_dir) is not None
+    pretrain(cfg, out_dir, resume=resume, max_steps=steps, progress=progress)
+    return out_dir / WEIGHTS_FILE
+
+
 def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_info: DistInfo) -> dict[str, Any]:
     run = cfg.run
     device = dist_info.device
