@@ -26,6 +26,7 @@ from xkd.data.dataset import ClipDataset, collate_clips
 from xkd.data.manifest import Manifest, read_manifest
 from xkd.data.media import probe
 from xkd.data.video_views import EvalVideoView, VideoView
+from xkd.data.workers import init_worker
 
 HOLDOUT_SEED = 0  # the validation hold-out (data.val_fraction) is part of the protocol, not of a run's seed
 
@@ -126,7 +127,7 @@ def window_dataset(windows: Windows, cfg: CCLDataConfig, need_video: bool = True
 def iterate_windows(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator[dict]:
     """Batches of ``dataset`` in window order (``index`` = the window numbers)."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_clips)
+                        collate_fn=collate_clips, worker_init_fn=init_worker)
     yield from loader
 
 

@@ -35,6 +35,7 @@ from xkd.ccl.teachers import Teacher, build_teacher
 from xkd.config_io import dump_config, from_dict, to_dict
 from xkd.data.dataset import collate_clips
 from xkd.data.sampler import StepBatchSampler
+from xkd.data.workers import init_worker
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import init_distributed
 from xkd.engine.logger import RunLogger
@@ -207,7 +208,8 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
         dataset.set_epoch(epoch)
         sampler.set_epoch(epoch)
         model.train()
-        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=collate_clips)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=collate_clips,
+                            worker_init_fn=init_worker)
         for batch in loader:
             generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
             video = batch["video"].to(device, non_blocking=True)

@@ -33,6 +33,7 @@ from xkd.data.logmel import LogMel
 from xkd.data.manifest import read_manifest
 from xkd.data.sampler import StepBatchSampler
 from xkd.data.views import PretrainViews
+from xkd.data.workers import init_worker
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from xkd.engine.flops import count_flops, measure_matmul_peak
@@ -341,6 +342,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
             num_workers=cfg.data.num_workers,
             collate_fn=collate_clips,
             pin_memory=device.type == "cuda",
+            worker_init_fn=init_worker,
         )
         batches = iter(loader)
         while step < total_steps and step // iters_per_epoch == epoch:

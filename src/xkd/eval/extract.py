@@ -25,6 +25,7 @@ from xkd.data.logmel import LogMel
 from xkd.data.manifest import Manifest, ManifestRow
 from xkd.data.media import MediaError
 from xkd.data.views import EvalViews
+from xkd.data.workers import init_worker
 from xkd.eval.features import FeatureSet
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def iterate_features(
         seed=opts.seed,
     )
     loader = DataLoader(_SafeClips(dataset), batch_size=opts.batch_size, num_workers=opts.num_workers,
-                        collate_fn=_collate)
+                        collate_fn=_collate, worker_init_fn=init_worker)
     for batch in tqdm(loader, desc="extract", unit="batch", disable=not opts.progress, dynamic_ncols=True):
         if "index" not in batch:
             yield np.zeros(0, np.int64), np.zeros(0, np.int64), {}, batch["failed"]

@@ -62,6 +62,7 @@ from xkd.data.dataset import BadMediaReport, ClipDataset, collate_clips
 from xkd.data.logmel import LogMel
 from xkd.data.manifest import Manifest
 from xkd.data.video_views import EvalVideoView, VideoView
+from xkd.data.workers import init_worker
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import (
     all_reduce_mean,
@@ -423,7 +424,7 @@ def predict(
     device = torch.device(device)
     indices = list(range(rank, len(dataset), world))
     loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        collate_fn=collate_clips, pin_memory=device.type == "cuda")
+                        collate_fn=collate_clips, pin_memory=device.type == "cuda", worker_init_fn=init_worker)
     rows, probs = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         if bad is not None:
@@ -548,7 +549,7 @@ def _finetune(encoder, train, test, label_column, modality, cfg, data_cfg, out_d
     sampler = DistributedSampler(train_set, num_replicas=info.world_size, rank=info.rank, shuffle=True,
                                  seed=cfg.seed)
     loader = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_clips, pin_memory=device.type == "cuda",
+                        collate_fn=collate_clips, pin_memory=device.type == "cuda", worker_init_fn=init_worker,
                         drop_last=len(sampler) >= cfg.batch_size)
     steps_per_epoch = len(loader) // cfg.accum_steps
     if steps_per_epoch < 1:
