@@ -2,11 +2,13 @@
 
     python benchmarks/pretrain_step.py --config configs/pretrain/xkd_avdigits_cpu.yaml
     python benchmarks/pretrain_step.py --config configs/pretrain/xkd_kinetics400.yaml --set data.batch_size=2
+    python benchmarks/pretrain_step.py --config configs/pretrain/xkd_avdigits_cpu.yaml --profile 25
 
 The step is the engine's own (xkd.engine.pretrain.Trainer: forward, backward, clipping, AdamW, EMA) on random
 tensors of the config's view shapes, so data loading is excluded (see benchmarks/data_pipeline.py). MFU is the
 FLOPs torch counts for one step over the step time, divided by this machine's fp32 matmul peak, measured here.
-Prints one JSON line and a short summary.
+Prints one JSON line and a short summary; ``--profile N`` first prints torch.profiler's N operators with the most
+self time over the timed steps (where the step's time goes) to stderr.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--peak-seconds", type=float, default=2.0, help="time spent measuring the matmul peak")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="print the N operators with the most self time (torch.profiler; adds overhead)")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -66,6 +70,12 @@ def main(argv: list[str] | None = None) -> dict:
     for step in range(args.warmup):
         trainer.train_step(batches, step, v)
     times = []
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    profiler = torch.profiler.profile(activities=activities) if args.profile else None
+    if profiler is not None:
+        profiler.start()
     for step in range(args.warmup, args.warmup + args.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -74,6 +84,10 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    if profiler is not None:
+        profiler.stop()
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(profiler.key_averages().table(sort_by=sort, row_limit=args.profile), file=sys.stderr)
     peak = measure_matmul_peak(device, seconds=args.peak_seconds)
     step_s = statistics.median(times)
     clips = cfg.data.batch_size * cfg.optim.accum_steps
@@ -85,6 +99,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "batch": clips,
         "amp": cfg.run.amp,
+        "profiled": bool(args.profile),
         "ms_per_step": 1000 * step_s,
         "ms_per_step_min": 1000 * min(times),
         "clips_per_s": clips / step_s,
