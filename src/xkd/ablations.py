@@ -87,11 +87,11 @@ def table(per_seed: dict[int, dict[str, dict[str, float]]], variants: list[Varia
 def run_ablations(
     out: str | Path = "runs/ablations",
     data_dir: str | Path = "data/av-digits",
-    steps: int = 200,
+    steps: int = 150,
     seeds: tuple[int, ...] = (0, 1, 2),
     variants: list[str] | None = None,
     workers: int = 2,
-    train_clips: int = 2,
+    train_clips: int = 1,
     overrides: list[str] | None = None,
     progress: bool = True,
 ) -> Path:

@@ -362,12 +362,12 @@ def _ablations_parser(sub) -> None:
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
     p.add_argument("--data", default="data/av-digits", help="AV-Digits folder (built there if missing)")
-    p.add_argument("--steps", type=int, default=200, help="pretraining steps per run")
+    p.add_argument("--steps", type=int, default=150, help="pretraining steps per run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
     p.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,
                    help="a subset of the variants (default: all)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--train-clips", type=int, default=2, help="augmented SVM training clips per video")
+    p.add_argument("--train-clips", type=int, default=1, help="augmented SVM training clips per video")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every run (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
