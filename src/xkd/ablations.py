@@ -123,7 +123,8 @@ def run_ablations(
                   f"run.log_every={max(1, min(10, steps // 10))}", *(overrides or [])]
         seed_file = out / f"eval_seed{seed}.json"
         done = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
-        if done.get("steps") == steps and all(v.name in done["top1"] for v in chosen):
+        if (done.get("steps"), done.get("train_clips")) == (steps, train_clips) and all(
+                v.name in done["top1"] for v in chosen):
             per_seed[seed] = done["top1"]
             continue
         models = {}
