@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+from xkd.eval.metrics import mean_std
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,8 @@ BY_NAME = {v.name: v for v in VARIANTS}
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
-    arr = np.asarray(values, dtype=np.float64)
-    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    """Mean and sample std over seeds (0 for one seed)."""
+    return mean_std(values, ddof=1 if len(values) > 1 else 0)
 
 
 @contextmanager

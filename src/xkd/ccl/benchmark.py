@@ -16,6 +16,7 @@ from xkd.ccl.config import CCLConfig
 from xkd.ccl.train import RESULTS, train_ccl
 from xkd.config_io import load_config
 from xkd.engine.checkpoint import latest_checkpoint
+from xkd.eval.metrics import mean_std
 
 VARIANT_NAMES = {"baseline": "Baseline (CE only)", "ccl-a": "CCL-A (audio teacher)", "ccl-i": "CCL-I (image teacher)",
                  "ccl-ai": "CCL-AI (both)"}
@@ -46,9 +47,8 @@ def run_grid(config: str | Path, out: str | Path, labels: Sequence[str], variant
 def _cell(values: list[float]) -> str:
     if not values:
         return "n/a"
-    arr = 100.0 * np.asarray(values)
-    std = arr.std(ddof=1) if len(arr) > 1 else 0.0
-    return f"{arr.mean():.1f} ± {std:.1f}"
+    mean, std = mean_std(100.0 * np.asarray(values), ddof=1 if len(values) > 1 else 0)
+    return f"{mean:.1f} ± {std:.1f}"
 
 
 def results_table(out: str | Path, labels: Sequence[str], variants: Sequence[str], seeds: Sequence[int]) -> str:
