@@ -144,7 +144,7 @@ class Teacher(nn.Module):
         return f"{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
     def _features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must implement _features (the abstract step of Teacher)")
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
