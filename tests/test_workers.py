@@ -45,3 +45,23 @@ def held_after_free(mode: str) -> float:
 def test_pinned_threshold_returns_freed_buffers_to_the_system():
     assert held_after_free("default") > 30  # the 50 MiB of freed blocks stay in the fragmented heap
     assert held_after_free("pinned") < 5
+
+
+def test_extraction_workers_pin_the_threshold(tmp_path, monkeypatch):
+    import os
+
+    from eval_fixtures import tiny_config, write_separable
+    from xkd.api import random_encoders
+    from xkd.data import workers
+    from xkd.eval.extract import ExtractOptions, extract_to_file, manifest_from_target
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setattr(workers, "pin_mmap_threshold", lambda: (marks / str(os.getpid())).touch())  # forked workers
+    root = tmp_path / "media"
+    write_separable(root, per_class_train=1, per_class_test=1)
+    opts = ExtractOptions(clips_per_video=1, num_workers=1, progress=False, batch_size=2)
+    extract_to_file(random_encoders(tiny_config(), seed=0), manifest_from_target(root), tmp_path / "f.npz",
+                    ["video"], opts)
+    pids = [int(p.name) for p in marks.iterdir()]
+    assert len(pids) == 1 and pids[0] != os.getpid()  # set in the one worker, not in the main process
