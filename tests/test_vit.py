@@ -21,6 +21,30 @@ def test_sdpa_path_equals_explicit_attention(dtype, tol):
     assert a.shape == (2, 4, 9, 9)
 
 
+def test_cpu_bf16_autocast_runs_sdpa_in_fp32(monkeypatch):
+    """Under CPU bf16 autocast the linears run in bf16 but SDPA gets fp32 inputs (its bf16 CPU kernel is slow)."""
+    torch.manual_seed(0)
+    attn = Attention(32, 4)
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        out = sdpa(q, k, v, **kwargs)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attn(x)
+    assert seen == [(torch.float32,) * 3, torch.float32]
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    torch.testing.assert_close(y.float(), attn(x), rtol=0.05, atol=0.05)
+
+
 def test_attention_map_is_softmax_of_scaled_scores_per_head():
     """qkv rows are [q | k | v], each split into contiguous heads; scale is head_dim^-0.5; rows sum to 1."""
     torch.manual_seed(1)

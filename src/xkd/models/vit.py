@@ -49,6 +49,11 @@ class Attention(nn.Module):
         if return_attention:
             attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
             y = attn @ v
+        elif q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            # torch's CPU flash attention is several times slower in bf16 than in fp32 (backward above all), and
+            # CPU autocast would cast fp32 inputs back to bf16
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=self.scale).to(q.dtype)
         else:
             y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         y = self.proj(y.transpose(1, 2).reshape(B, N, D))
