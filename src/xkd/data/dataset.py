@@ -21,6 +21,10 @@ gives it a silent track. Collate with :func:`collate_clips` and accumulate the `
 main process with :class:`BadMediaReport` (DataLoader workers are separate processes and cannot share a counter).
 Any other exception raised while loading an item is re-raised as ``RuntimeError`` naming the file and the row.
 
+With ``decoded_cache`` (a folder made by ``xkd data predecode``, see :mod:`xkd.data.decoded`) windows are sliced
+from pre-decoded arrays instead of being decoded from the media files; window starts then fall on the ``1 / fps``
+frame grid. The cache must have been made with this dataset's fps, short side, sample rate and streams.
+
 With ``persistent_workers=True`` each worker keeps the dataset copy it started with, so call :meth:`set_epoch` only
 when the workers are (re)started, e.g. with the default ``persistent_workers=False``.
 """
@@ -29,12 +33,14 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from xkd.data.decoded import DecodedClips, Decoding
 from xkd.data.manifest import Manifest
 from xkd.data.media import Clip, MediaError, clip_starts, decode_clip, probe
 
@@ -67,6 +73,7 @@ class ClipDataset(Dataset):
         transform: Transform | None = None,
         seed: int = 0,
         max_consecutive_bad: int = 50,
+        decoded_cache: str | Path | None = None,
     ):
         if missing_audio not in ("skip", "silence"):
             raise ValueError(f"missing_audio must be 'skip' or 'silence', got {missing_audio!r}")
@@ -95,6 +102,9 @@ class ClipDataset(Dataset):
         self.seed = seed
         self.max_consecutive_bad = max_consecutive_bad
         self.epoch = 0
+        missing = "silence" if missing_audio == "silence" else "error"
+        self.decoding = Decoding(fps, short_side, sample_rate, need_video, need_audio, missing)
+        self.decoded = DecodedClips(decoded_cache, self.decoding) if decoded_cache else None
         self._spans: dict[int, float] = {}  # row -> usable file duration (per process cache)
         self._logged: set[str] = set()  # files already logged as bad by this process
 
@@ -145,11 +155,16 @@ class ClipDataset(Dataset):
         entry = self.manifest[row]
         path = self.manifest.resolve(entry)
         lo = entry.start if entry.start is not None else 0.0
-        hi = entry.end if entry.end is not None else self._span(row)
-        if self.clip_sampling == "uniform":
-            offset = clip_starts(hi - lo, self.clip_duration, self.clips_per_video, "uniform")[clip_no]
+        if self.decoded is not None:
+            span = self.decoded.span(path, lo, entry.end)
         else:
-            offset = clip_starts(hi - lo, self.clip_duration, 1, "random", generator)[0]
+            span = (entry.end if entry.end is not None else self._span(row)) - lo
+        if self.clip_sampling == "uniform":
+            offset = clip_starts(span, self.clip_duration, self.clips_per_video, "uniform")[clip_no]
+        else:
+            offset = clip_starts(span, self.clip_duration, 1, "random", generator)[0]
+        if self.decoded is not None:
+            return self.decoded.clip(path, lo, entry.end, offset, self.clip_duration)
         return decode_clip(
             path,
             lo + offset,

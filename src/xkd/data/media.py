@@ -33,6 +33,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 REASONS = (
     "not-found",
@@ -228,7 +229,8 @@ class _VideoSampler:
 
     Frames arrive in presentation order. A frame is converted (resized + RGB) only if it is picked, straight from the
     decoder's YUV frame, so no full-size RGB copy is ever made; at most two full-size frames (previous and current)
-    are held at once.
+    are held at once. One reformatter serves every frame of the window, so FFmpeg's scaler is set up once, not per
+    frame.
     """
 
     def __init__(self, start: float, duration: float, fps: float, short_side: int | None, period: float):
@@ -237,6 +239,7 @@ class _VideoSampler:
         self.period = period  # nominal source frame period, the end-of-stream tolerance
         self.frames: list[np.ndarray] = []
         self.prev = None  # (time, frame)
+        self.reformatter = VideoReformatter()
 
     @property
     def done(self) -> bool:
@@ -244,7 +247,7 @@ class _VideoSampler:
 
     def _take(self, frame, count: int) -> None:
         h, w = resized_shape(frame.height, frame.width, self.short_side)
-        rgb = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+        rgb = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
         self.frames.extend([rgb] * count)
 
     def _pending_up_to(self, limit: float) -> int:

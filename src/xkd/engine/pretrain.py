@@ -73,6 +73,7 @@ def build_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDatas
         bad_media=d.bad_media,
         transform=views,
         seed=cfg.run.seed,
+        decoded_cache=d.decoded_cache or None,
     )
 
 
