@@ -102,15 +102,20 @@ class Encoder(nn.Module):
         """x: [B, C, T, H, W] (video) or [B, 1, F, T] (audio). ``mask_ratio > 0`` keeps round(N(1-r)) tokens,
         chosen by ``noise`` [B, N] when given (see :func:`random_masking`)."""
         grid = self.tokenizer.grid_for(x)
-        x = self.tokenizer(x)  # [B, N, D]
-        pos = self.pos_embed_for(grid)
-        x = x + pos[:, 1:]  # position embedding before masking (spec §A4)
-
+        pos_embed = self.pos_embed_for(grid)  # [1, 1+N, D]
+        pos = pos_embed[:, 1:]
         mask = ids_restore = None
         if mask_ratio > 0:
-            x, mask, ids_restore = random_masking(x, mask_ratio, generator, noise)  # [B, K, D]
+            # Mask the raw patches and project only the kept ones: the projection acts on each token alone, so
+            # this equals projecting all N tokens, adding the position embedding and masking (spec §A4).
+            patches, mask, ids_restore = random_masking(self.tokenizer.patchify(x), mask_ratio, generator, noise)
+            ids_keep = torch.argsort(ids_restore, dim=1)[:, : patches.shape[1]]  # [B, K]
+            pos = torch.gather(pos.expand(x.shape[0], -1, -1), 1, ids_keep.unsqueeze(-1).expand(-1, -1, self.dim))
+            x = self.tokenizer.proj(patches) + pos  # [B, K, D]
+        else:
+            x = self.tokenizer(x) + pos  # [B, N, D]
 
-        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        cls = (self.cls_token + pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # [B, 1+K, D]
 
         attention = None
