@@ -2,6 +2,7 @@
 
     python benchmarks/data_pipeline.py                                     # AV-Digits (CPU recipe) and a 720p file
     python benchmarks/data_pipeline.py --workers 0 1 2 --batches 30 --sources config
+    python benchmarks/data_pipeline.py --sources config --set data.decoded_cache=data/av-digits-decoded  # predecoded
     python benchmarks/data_pipeline.py --config configs/pretrain/xkd_kinetics400.yaml --sources hd \\
         --set data.batch_size=8 --steps 0
 
@@ -11,6 +12,9 @@ Sources:
   --media-dir and reused, listed once per item in a manifest, so every item is a new row (probed, then a random
   window decoded, as for a distinct file). libx264's default key-frame interval (250) makes the file one GOP, so a
   window late in the file decodes from its first frame.
+
+With ``--set data.decoded_cache=FOLDER`` (made by ``xkd data predecode``) the config source's items are sliced from
+pre-decoded arrays; the hd source always decodes its file.
 
 Items are ``build_dataset(cfg)`` items (decode, resize to data.resize_short, PretrainViews), drawn in random order
 and batched with ``collate_clips`` as in pretraining. After --warmup batches per worker (the workers' start),
@@ -25,6 +29,7 @@ alone; in a real run the workers and the step share the cores. Prints one JSON o
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -170,18 +175,22 @@ def main(argv: list[str] | None = None) -> dict:
     loader = []
     with tempfile.TemporaryDirectory(prefix="xkd-bench-") as tmp:
         for source in args.sources:
+            source_cfg = cfg
             if source == "hd":
                 media = str(hd_file(Path(args.media_dir)).resolve())
                 items = batch * (args.warmup * max(max(args.workers), 1) + args.batches)
                 rows = [ManifestRow(media, split=cfg.data.split)] * items
                 manifest = str(write_manifest(Manifest(rows), Path(tmp) / "hd.csv"))
+                source_cfg = copy.deepcopy(cfg)
+                source_cfg.data.decoded_cache = ""
             else:
                 media = manifest = cfg.data.manifest
-            dataset = build_dataset(cfg, manifest)
+            dataset = build_dataset(source_cfg, manifest)
             for workers in args.workers:
                 rate = loader_rate(dataset, batch, workers, args.warmup, args.batches, args.seed)
                 rate["loader_to_step"] = rate["clips_per_s"] / step["clips_per_s"] if step else None
-                loader.append({"source": source, "media": media, **rate})
+                loader.append({"source": source, "media": media, "decoded_cache": source_cfg.data.decoded_cache,
+                               **rate})
 
     result = {"config": args.config, "overrides": args.set, "method": cfg.method, "batch": batch,
               "clip_duration": cfg.data.clip_duration, "video_fps": cfg.data.video_fps,
@@ -191,11 +200,13 @@ def main(argv: list[str] | None = None) -> dict:
     if step:
         print(f"step ({step['device']}, batch {batch * cfg.optim.accum_steps}): {step['ms_per_step']:.0f} ms/step "
               f"= {step['clips_per_s']:.1f} clips/s", file=sys.stderr)
-    print(f"{'source':<8} {'workers':>7} {'clips/s':>9} {'ms/batch':>9} {'loader/step':>12}", file=sys.stderr)
+    print(f"{'source':<8} {'decoded':>8} {'workers':>7} {'clips/s':>9} {'ms/batch':>9} {'loader/step':>12}",
+          file=sys.stderr)
     for r in loader:
         ratio = f"{r['loader_to_step']:.2f}" if r["loader_to_step"] is not None else "-"
-        print(f"{r['source']:<8} {r['workers']:>7} {r['clips_per_s']:>9.1f} {r['ms_per_batch']:>9.0f} {ratio:>12}",
-              file=sys.stderr)
+        cached = "cache" if r["decoded_cache"] else "file"
+        print(f"{r['source']:<8} {cached:>8} {r['workers']:>7} {r['clips_per_s']:>9.1f} {r['ms_per_batch']:>9.0f} "
+              f"{ratio:>12}", file=sys.stderr)
     return result
 
 
