@@ -1,10 +1,13 @@
-"""DataLoader workers: large freed buffers go back to the system, so a worker's memory stays flat."""
+"""DataLoader workers: large freed buffers go back to the system, so a worker's memory stays flat; the training
+process leaves the workers their cores."""
 
 import subprocess
 import sys
 
 import pytest
+import torch
 
+from xkd.data import workers
 from xkd.data.workers import pin_mmap_threshold
 
 # Frees a 4 MiB block (glibc then raises its mmap threshold past 512 KiB), then holds 100 blocks of 512 KiB each
@@ -65,3 +68,37 @@ def test_extraction_workers_pin_the_threshold(tmp_path, monkeypatch):
                     ["video"], opts)
     pids = [int(p.name) for p in marks.iterdir()]
     assert len(pids) == 1 and pids[0] != os.getpid()  # set in the one worker, not in the main process
+
+
+def test_threads_beside_workers_leaves_the_workers_their_cores(monkeypatch):
+    monkeypatch.setattr(workers, "available_cores", lambda: 8)
+    assert workers.threads_beside_workers(2) == 6
+    assert workers.threads_beside_workers(2, processes_per_node=2) == 2  # 4 cores each, 2 of them for workers
+    assert workers.threads_beside_workers(8) == 1  # never below one thread
+    monkeypatch.setattr(workers, "available_cores", lambda: 2)
+    assert workers.threads_beside_workers(2) == 1
+
+
+def test_pretraining_sets_its_threads_and_restores_the_callers(avdigits_tiny, tmp_path, monkeypatch):
+    from test_pretrain import tiny_cfg
+
+    from xkd.engine import pretrain as engine
+
+    seen = []
+    step = engine.Trainer.train_step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine.Trainer, "train_step", recording_step)
+    monkeypatch.setattr(workers, "available_cores", lambda: 3)
+    torch.set_num_threads(2)
+    try:
+        engine.pretrain(tiny_cfg(avdigits_tiny, "data.num_workers=1"), tmp_path / "auto", max_steps=1, progress=False)
+        engine.pretrain(tiny_cfg(avdigits_tiny, "data.num_workers=1", "run.threads=3"), tmp_path / "set", max_steps=1,
+                        progress=False)
+        assert seen == [2, 3]  # auto: 3 cores - 1 worker; then as set
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(2)

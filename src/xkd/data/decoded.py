@@ -180,6 +180,7 @@ class DecodedClips:
                              "with this config into a new folder")
         self.decoding = decoding
         self._meta: dict[str, dict] = {}  # per process
+        self._headers: dict[Path, tuple] = {}  # .npy file -> (data offset, shape, dtype), per process
 
     def meta(self, path: Path, lo: float, hi: float | None) -> dict:
         """The row's stored record; raises the row's MediaError if it failed to decode."""
@@ -204,6 +205,24 @@ class DecodedClips:
                                "`xkd data predecode`")
         return meta
 
+    def _read(self, file: Path, first: int, count: int) -> np.ndarray:
+        """Rows ``first : first + count`` (along the first axis) of a .npy file, read with one seek: the header is
+        parsed once per file and process (``np.load`` parses it, with ``ast``, on every call)."""
+        header = self._headers.get(file)
+        if header is None:
+            with file.open("rb") as fh:
+                version = np.lib.format.read_magic(fh)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read_header(fh)
+                if fortran:
+                    raise ValueError(f"{file}: Fortran-ordered arrays are not written by predecode")
+                header = self._headers[file] = (fh.tell(), shape, dtype)
+        offset, shape, dtype = header
+        row = math.prod(shape[1:]) if len(shape) > 1 else 1
+        data = np.fromfile(file, dtype=dtype, count=count * row, offset=offset + first * row * dtype.itemsize)
+        return data.reshape(count, *shape[1:])
+
     def span(self, path: Path, lo: float, hi: float | None) -> float:
         """Seconds of the row's stored span."""
         meta = self.meta(path, lo, hi)
@@ -222,16 +241,15 @@ class DecodedClips:
             first = max(0, min(first, meta["frames"] - count))
             if meta["frames"] < count:
                 raise MediaError(path, "too-short", f"{meta['frames']} decoded frames, the window needs {count}")
-            frames = np.load(rows / f"{meta['key']}.video.npy", mmap_mode="r")
-            video = torch.from_numpy(np.array(frames[first : first + count]))  # a private copy
+            video = torch.from_numpy(self._read(rows / f"{meta['key']}.video.npy", first, count))
         start = first / grid
         if spec.audio:
             n = round(duration * spec.sample_rate)
             if meta["samples"] < n - math.floor(AUDIO_PAD_TOLERANCE * spec.sample_rate):
                 raise MediaError(path, "too-short", f"{meta['samples']} decoded samples, the window needs {n}")
             s0 = max(0, min(round(start * spec.sample_rate), meta["samples"] - n))
-            wave = np.load(rows / f"{meta['key']}.audio.npy", mmap_mode="r")[s0 : s0 + n]
-            audio = torch.from_numpy(np.pad(wave, (0, n - wave.shape[0])) if wave.shape[0] < n else np.array(wave))
+            wave = self._read(rows / f"{meta['key']}.audio.npy", s0, min(n, meta["samples"] - s0))
+            audio = torch.from_numpy(np.pad(wave, (0, n - wave.shape[0])) if wave.shape[0] < n else wave)
         return Clip(video=video, audio=audio, start=lo + start, duration=duration)
 
 

@@ -166,20 +166,15 @@ def rgb_to_hsv(video: Tensor) -> Tensor:
 
 
 def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """HSV [3, ...] -> RGB [3, ...] (inverse of :func:`rgb_to_hsv`)."""
+    """HSV [3, ...] -> RGB [3, ...] (inverse of :func:`rgb_to_hsv`).
+
+    Channel n in (r, g, b) = (5, 3, 1) is ``v - v s clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6``: the
+    six-sector formula in one expression for all three channels.
+    """
     h, s, v = hsv.unbind(0)
-    sector = torch.floor(h * 6.0)
-    frac = h * 6.0 - sector
-    sector = sector.long().remainder(6)
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * frac)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - frac))).clamp(0.0, 1.0)
-    # for sectors 0..5 the (r, g, b) triple is (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v) (v,p,q)
-    red = torch.stack((v, q, p, p, t, v))
-    green = torch.stack((t, v, v, q, p, p))
-    blue = torch.stack((p, p, t, v, v, q))
-    index = sector.unsqueeze(0)
-    return torch.cat([c.gather(0, index) for c in (red, green, blue)])
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, *([1] * h.dim()))
+    k = (n + 6.0 * h).remainder_(6.0)
+    return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
 def adjust_hue(video: Tensor, shift: float) -> Tensor:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from xkd.data.logmel import LogMel
 from xkd.data.manifest import read_manifest
 from xkd.data.sampler import StepBatchSampler
 from xkd.data.views import PretrainViews
-from xkd.data.workers import init_worker
+from xkd.data.workers import init_worker, threads_beside_workers
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from xkd.engine.flops import count_flops, measure_matmul_peak
@@ -237,9 +238,16 @@ def pretrain(
     """
     out_dir = Path(out_dir)
     dist_info = init_distributed(cfg.run.device)
+    threads = torch.get_num_threads()
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    elif dist_info.device.type == "cpu" and cfg.data.num_workers > 0:
+        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+        torch.set_num_threads(threads_beside_workers(cfg.data.num_workers, local_processes))
     try:
         return _pretrain(cfg, out_dir, resume, max_steps, progress, dist_info)
     finally:
+        torch.set_num_threads(threads)  # the caller's setting (the demo evaluates in this process next)
         cleanup()
 
 
