@@ -163,12 +163,12 @@ def test_encoder_matches_the_released_forward(mode, shape, new_grid):
                 m.weight.normal_(1.0, 0.1)
                 m.bias.normal_(0.0, 0.1)
     x = torch.randn(*shape, dtype=torch.float64)
-    out = enc(x, return_attention=True)
+    out = enc(x, return_cls_attention=True)
     sd = to_released(enc.state_dict(), "cuboid_embed" if mode == "video" else "patch_embed")
     ref_tokens, ref_attn = _released_forward(sd, x, enc.tokenizer.grid, new_grid, CFG.encoder.heads, mode)
     assert out.grid == new_grid
     torch.testing.assert_close(out.tokens, ref_tokens)
-    torch.testing.assert_close(out.attention, ref_attn)
+    torch.testing.assert_close(out.cls_attention, ref_attn[:, :, 0, 1:])  # CLS -> patch row of the last block
 
 
 def test_position_embedding_is_added_before_masking():
@@ -193,8 +193,8 @@ def test_forward_backward_every_parameter_gets_a_gradient(mode, mask_ratio):
     torch.manual_seed(3)
     enc = (video_encoder if mode == "video" else audio_encoder)(CFG)
     x = video() if mode == "video" else audio()
-    out = enc(x, mask_ratio=mask_ratio, return_attention=True)
-    assert torch.isfinite(out.tokens).all() and torch.isfinite(out.attention).all()
+    out = enc(x, mask_ratio=mask_ratio, return_cls_attention=True)
+    assert torch.isfinite(out.tokens).all() and torch.isfinite(out.cls_attention).all()
     (pooled(out).square().sum() + out.tokens[:, 0].sum()).backward()
     for name, p in enc.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
@@ -204,22 +204,22 @@ def test_forward_backward_every_parameter_gets_a_gradient(mode, mask_ratio):
 def test_masked_encoder_keeps_k_plus_one_tokens(mode, n, ratio, kept):
     enc = (video_encoder if mode == "video" else audio_encoder)(CFG)
     x = video(3) if mode == "video" else audio(3)
-    out = enc(x, mask_ratio=ratio, return_attention=True)
+    out = enc(x, mask_ratio=ratio, return_cls_attention=True)
     assert out.tokens.shape == (3, 1 + kept, 64)
     assert out.mask.shape == (3, n) and (out.mask.sum(1) == n - kept).all()
     assert out.ids_restore.shape == (3, n)
-    assert out.attention.shape == (3, 4, 1 + kept, 1 + kept)
-    torch.testing.assert_close(out.attention.sum(-1), torch.ones(3, 4, 1 + kept))
+    assert out.cls_attention.shape == (3, 4, kept)  # the CLS column is dropped, so a row sums to less than 1
+    assert (out.cls_attention > 0).all() and (out.cls_attention.sum(-1) < 1).all()
     unmasked = enc(x)
     assert unmasked.tokens.shape == (3, 1 + n, 64) and unmasked.mask is None and unmasked.ids_restore is None
-    assert unmasked.attention is None
+    assert unmasked.cls_attention is None
 
 
 def test_attention_path_gives_the_same_tokens():
     torch.manual_seed(4)
     enc = video_encoder(CFG)
     x = video()
-    torch.testing.assert_close(enc(x).tokens, enc(x, return_attention=True).tokens, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(enc(x).tokens, enc(x, return_cls_attention=True).tokens, rtol=1e-5, atol=1e-5)
 
 
 def test_generator_makes_masking_reproducible():

@@ -3,14 +3,14 @@ import math
 import pytest
 import torch
 
-from xkd.models.refine import cls_attention, cross_modal_weights, refine_pool
+from xkd.models.refine import cross_modal_weights, refine_pool
 
 
 def attention_rows(B, H, n, seed):
     """CLS->patch rows of a real softmax attention map: [B, H, n] (the CLS column is dropped, so rows sum < 1)."""
     g = torch.Generator().manual_seed(seed)
     attn = torch.softmax(2.0 * torch.randn(B, H, n + 1, n + 1, generator=g, dtype=torch.float64), dim=-1)
-    return cls_attention(attn)
+    return attn[:, :, 0, 1:]
 
 
 def outer_product_weights(attn_self, attn_other, mode):
@@ -40,13 +40,6 @@ def reference_pool(tokens, weights):
         weighted = sum(w[i] * f[i] for i in range(len(f))) / len(f)
         pooled.append(weighted * (plain.norm() / weighted.norm()))
     return torch.stack(pooled)
-
-
-def test_cls_attention_takes_the_cls_row_without_the_cls_column():
-    attn = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).reshape(2, 3, 5, 5)
-    rows = cls_attention(attn)
-    assert rows.shape == (2, 3, 4)
-    assert torch.equal(rows, attn[:, :, 0, 1:])
 
 
 @pytest.mark.parametrize("mode", ["mean", "softmax"])

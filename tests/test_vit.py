@@ -10,15 +10,25 @@ import torch.nn.functional as F
 from xkd.models.vit import Attention, Block, Mlp, Transformer
 
 
+def explicit_attention(attn: Attention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output and the full [B, H, N, N] map, written out with matmuls and softmax."""
+    B, N, D = x.shape
+    q, k, v = attn.qkv(x).reshape(B, N, 3, attn.heads, D // attn.heads).permute(2, 0, 3, 1, 4)
+    a = (q @ k.transpose(-2, -1) * attn.scale).softmax(dim=-1)
+    return attn.proj((a @ v).transpose(1, 2).reshape(B, N, D)), a
+
+
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_sdpa_path_equals_explicit_attention(dtype, tol):
+def test_sdpa_output_and_cls_row_equal_explicit_attention(dtype, tol):
     torch.manual_seed(0)
     attn = Attention(32, 4).to(dtype)
     x = torch.randn(2, 9, 32, dtype=dtype)
-    y_sdpa = attn(x)
-    y_explicit, a = attn(x, return_attention=True)
-    torch.testing.assert_close(y_sdpa, y_explicit, rtol=tol, atol=tol)
-    assert a.shape == (2, 4, 9, 9)
+    y_explicit, a = explicit_attention(attn, x)
+    y, cls_row = attn(x, return_cls_attention=True)
+    torch.testing.assert_close(attn(x), y_explicit, rtol=tol, atol=tol)
+    torch.testing.assert_close(y, y_explicit, rtol=tol, atol=tol)
+    assert cls_row.shape == (2, 4, 9)
+    torch.testing.assert_close(cls_row, a[:, :, 0], rtol=tol, atol=tol)
 
 
 def test_cpu_bf16_autocast_runs_sdpa_in_fp32(monkeypatch):
@@ -45,21 +55,21 @@ def test_cpu_bf16_autocast_runs_sdpa_in_fp32(monkeypatch):
     torch.testing.assert_close(y.float(), attn(x), rtol=0.05, atol=0.05)
 
 
-def test_attention_map_is_softmax_of_scaled_scores_per_head():
-    """qkv rows are [q | k | v], each split into contiguous heads; scale is head_dim^-0.5; rows sum to 1."""
+def test_cls_attention_is_softmax_of_scaled_scores_per_head():
+    """qkv rows are [q | k | v], each split into contiguous heads; scale is head_dim^-0.5; the row sums to 1."""
     torch.manual_seed(1)
     D, H = 24, 3
     hd = D // H
     attn = Attention(D, H).double()
     x = torch.randn(2, 5, D, dtype=torch.float64)
-    _, a = attn(x, return_attention=True)
+    _, a = attn(x, return_cls_attention=True)
     W = attn.qkv.weight
     q, k = x @ W[:D].T, x @ W[D : 2 * D].T
     for h in range(H):
         qh, kh = q[..., h * hd : (h + 1) * hd], k[..., h * hd : (h + 1) * hd]
-        expected = torch.softmax(qh @ kh.transpose(-2, -1) / math.sqrt(hd), dim=-1)
-        torch.testing.assert_close(a[:, h], expected)
-    torch.testing.assert_close(a.sum(-1), torch.ones(2, H, 5, dtype=torch.float64))
+        expected = torch.softmax(qh[:, :1] @ kh.transpose(-2, -1) / math.sqrt(hd), dim=-1)  # [B, 1, N]: token 0
+        torch.testing.assert_close(a[:, h], expected.squeeze(1))
+    torch.testing.assert_close(a.sum(-1), torch.ones(2, H, dtype=torch.float64))
     assert (a >= 0).all()
 
 
@@ -80,9 +90,9 @@ def test_block_is_pre_ln_with_exact_gelu():
     z = F.layer_norm(h, (16,), blk.norm2.weight, blk.norm2.bias, 1e-5)
     expected = h + blk.mlp.fc2(F.gelu(blk.mlp.fc1(z)))
     torch.testing.assert_close(blk(x), expected)
-    y, a = blk(x, return_attention=True)
+    y, a = blk(x, return_cls_attention=True)
     torch.testing.assert_close(y, expected)
-    assert a.shape == (3, 2, 4, 4)
+    assert a.shape == (3, 2, 4)
 
 
 def test_mlp_hidden_size():
@@ -126,13 +136,13 @@ def test_transformer_forward_backward_and_last_attention():
     t = Transformer(32, 3, 4)
     x = torch.randn(2, 7, 32)
     y = t(x)
-    y2, a = t(x, return_last_attention=True)
+    y2, a = t(x, return_last_cls_attention=True)
     torch.testing.assert_close(y, y2, rtol=1e-5, atol=1e-5)
-    assert y.shape == (2, 7, 32) and a.shape == (2, 4, 7, 7)
-    # the map belongs to the last block: recompute it from the output of the first two blocks
+    assert y.shape == (2, 7, 32) and a.shape == (2, 4, 7)
+    # the row belongs to the last block: recompute it from the output of the first two blocks
     h = t.blocks[1](t.blocks[0](x))
-    _, a_last = t.blocks[2].attn(t.blocks[2].norm1(h), return_attention=True)
-    torch.testing.assert_close(a, a_last)
+    _, a_last = explicit_attention(t.blocks[2].attn, t.blocks[2].norm1(h))
+    torch.testing.assert_close(a, a_last[:, :, 0])
     (y2.square().mean() + a.square().mean()).backward()
     for name, p in t.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name

@@ -31,14 +31,15 @@ class EncoderOutput:
     tokens: [B, 1+K, D] after the final LayerNorm, CLS first (K = N when unmasked).
     grid: the input's token grid ((T', H', W') or (F', T')).
     mask: [B, N], 0 keep, 1 removed (only when masked). ids_restore: [B, N] (only when masked).
-    attention: [B, H, 1+K, 1+K], the last block's attention map (only when asked).
+    cls_attention: [B, H, K], the last block's attention from CLS to each patch token (softmax over all 1+K keys, CLS
+    column dropped; only when asked).
     """
 
     tokens: torch.Tensor
     grid: tuple[int, ...]
     mask: torch.Tensor | None = None
     ids_restore: torch.Tensor | None = None
-    attention: torch.Tensor | None = None
+    cls_attention: torch.Tensor | None = None
 
     @property
     def patch_tokens(self) -> torch.Tensor:
@@ -52,7 +53,7 @@ def pooled(out: EncoderOutput) -> torch.Tensor:
 
 
 class Encoder(nn.Module):
-    """ViT encoder over one modality's tokens. ``forward(x, mask_ratio, return_attention) -> EncoderOutput``.
+    """ViT encoder over one modality's tokens. ``forward(x, mask_ratio, return_cls_attention) -> EncoderOutput``.
 
     ``blocks``: pass an existing :class:`Transformer` to share it between two encoders (the MAS student);
     otherwise a new one is built from ``dim, depth, heads, mlp_ratio, qkv_bias``.
@@ -95,7 +96,7 @@ class Encoder(nn.Module):
         self,
         x: torch.Tensor,
         mask_ratio: float = 0.0,
-        return_attention: bool = False,
+        return_cls_attention: bool = False,
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
     ) -> EncoderOutput:
@@ -118,12 +119,13 @@ class Encoder(nn.Module):
         cls = (self.cls_token + pos_embed[:, :1]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)  # [B, 1+K, D]
 
-        attention = None
-        if return_attention:
-            x, attention = self.blocks(x, return_last_attention=True)
+        cls_attention = None
+        if return_cls_attention:
+            x, cls_row = self.blocks(x, return_last_cls_attention=True)
+            cls_attention = cls_row[:, :, 1:]
         else:
             x = self.blocks(x)
-        return EncoderOutput(self.norm(x), grid, mask, ids_restore, attention)
+        return EncoderOutput(self.norm(x), grid, mask, ids_restore, cls_attention)
 
 
 def _encoder(tokenizer: VideoTokenizer | AudioTokenizer, enc: EncoderConfig, blocks: Transformer | None) -> Encoder:

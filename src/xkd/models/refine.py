@@ -18,11 +18,6 @@ import torch
 from torch import Tensor
 
 
-def cls_attention(attn: Tensor) -> Tensor:
-    """CLS->patch attention of each head: attn [B, H, 1+N, 1+N] (CLS first) -> [B, H, N]."""
-    return attn[:, :, 0, 1:]
-
-
 def cross_modal_weights(
     attn_self: Tensor, attn_other: Tensor, mode: Literal["mean", "softmax"] = "mean", eps: float = 1e-12
 ) -> Tensor:

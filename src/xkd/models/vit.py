@@ -26,11 +26,11 @@ def init_vit_weights(module: nn.Module) -> None:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention.
+    """Multi-head self-attention, computed with ``scaled_dot_product_attention``.
 
-    ``forward(x [B, N, D])`` returns ``y [B, N, D]``, computed with ``scaled_dot_product_attention``.
-    With ``return_attention=True`` the softmax(Q K^T scale) map is computed explicitly and ``(y, attn [B, H, N, N])``
-    is returned (the teachers need the last block's map).
+    ``forward(x [B, N, D])`` returns ``y [B, N, D]``. With ``return_cls_attention=True`` it returns
+    ``(y, cls_attn [B, H, N])``: the attention row of token 0 (CLS), softmax(q_0 K^T scale) per head, computed on its
+    own so the N x N map is never formed (the teachers' refinement needs only this row).
     """
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = False):
@@ -42,14 +42,11 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_cls_attention: bool = False):
         B, N, D = x.shape
         # [B, N, 3*D] -> 3 x [B, H, N, D/H]
         q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        if return_attention:
-            attn = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
-            y = attn @ v
-        elif q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
             # torch's CPU flash attention is several times slower in bf16 than in fp32 (backward above all), and
             # CPU autocast would cast fp32 inputs back to bf16
             with torch.autocast("cpu", enabled=False):
@@ -57,7 +54,10 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         y = self.proj(y.transpose(1, 2).reshape(B, N, D))
-        return (y, attn) if return_attention else y
+        if not return_cls_attention:
+            return y
+        cls_attn = (q[:, :, :1] @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)  # [B, H, 1, N]
+        return y, cls_attn.squeeze(2)
 
 
 class Mlp(nn.Module):
@@ -76,7 +76,7 @@ class Mlp(nn.Module):
 class Block(nn.Module):
     """Pre-LN transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``. ``x: [B, N, D]``.
 
-    With ``return_attention=True`` returns ``(x, attn [B, H, N, N])``.
+    With ``return_cls_attention=True`` returns ``(x, cls_attn [B, H, N])`` (see :class:`Attention`).
     """
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False):
@@ -86,21 +86,22 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        if return_attention:
-            y, attn = self.attn(self.norm1(x), return_attention=True)
+    def forward(self, x: torch.Tensor, return_cls_attention: bool = False):
+        cls_attn = None
+        if return_cls_attention:
+            y, cls_attn = self.attn(self.norm1(x), return_cls_attention=True)
         else:
             y = self.attn(self.norm1(x))
         x = x + y
         x = x + self.mlp(self.norm2(x))
-        return (x, attn) if return_attention else x
+        return (x, cls_attn) if return_cls_attention else x
 
 
 class Transformer(nn.Module):
     """A stack of ``depth`` blocks, without a final norm. One instance may be shared by two encoders (MAS).
 
-    ``forward(x [B, N, D])`` returns ``[B, N, D]``; with ``return_last_attention=True`` it returns
-    ``(x, attn [B, H, N, N])``, the attention map of the last block.
+    ``forward(x [B, N, D])`` returns ``[B, N, D]``; with ``return_last_cls_attention=True`` it returns
+    ``(x, cls_attn [B, H, N])``, the CLS attention row of the last block.
     """
 
     def __init__(self, dim: int, depth: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = False):
@@ -111,7 +112,7 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList([Block(dim, heads, mlp_ratio, qkv_bias) for _ in range(depth)])
         self.apply(init_vit_weights)
 
-    def forward(self, x: torch.Tensor, return_last_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_last_cls_attention: bool = False):
         for blk in self.blocks[:-1]:
             x = blk(x)
-        return self.blocks[-1](x, return_attention=return_last_attention)
+        return self.blocks[-1](x, return_cls_attention=return_last_cls_attention)

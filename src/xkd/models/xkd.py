@@ -35,7 +35,7 @@ from xkd.losses.reconstruction import reconstruction_loss
 from xkd.models.decoder import decoder_for
 from xkd.models.encoder import Encoder, EncoderOutput, audio_encoder, pooled, video_encoder
 from xkd.models.head import DINOHead, dino_head
-from xkd.models.refine import cls_attention, cross_modal_weights, refine_pool
+from xkd.models.refine import cross_modal_weights, refine_pool
 
 MODALITIES = ("video", "audio")
 
@@ -141,10 +141,11 @@ class XKD(nn.Module):
     @torch.no_grad()
     def _teacher_outputs(self, frames: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher head outputs [B, K] per modality, with cross-modal attention refinement (spec §A5.2-3)."""
-        tv = self.teacher["video"].encoder(frames, return_attention=True)
-        ta = self.teacher["audio"].encoder(audio, return_attention=True)
-        if self.cfg.loss.refine:
-            av, aa = cls_attention(tv.attention), cls_attention(ta.attention)
+        refine = self.cfg.loss.refine
+        tv = self.teacher["video"].encoder(frames, return_cls_attention=refine)
+        ta = self.teacher["audio"].encoder(audio, return_cls_attention=refine)
+        if refine:
+            av, aa = tv.cls_attention, ta.cls_attention
             mode = self.cfg.loss.refine_mode
             fv = refine_pool(tv.patch_tokens, cross_modal_weights(av, aa, mode))
             fa = refine_pool(ta.patch_tokens, cross_modal_weights(aa, av, mode))
