@@ -21,6 +21,7 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
         assert (out / v.name / "seed1" / "weights.safetensors").is_file()
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1] and set(results["top1"]) == {v.name for v in VARIANTS} | {"random-init"}
+    assert results["overrides"] == ["data.batch_size=4"] and "(every run with data.batch_size=4)" in text
     # the ablation overrides reach the runs
     assert "recon_audio: false" in (out / "recon-video" / "seed0" / "config.yaml").read_text()
     assert "teacher_view: global" in (out / "global-view" / "seed0" / "config.yaml").read_text()

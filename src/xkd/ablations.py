@@ -146,6 +146,7 @@ def run_ablations(
     summary = {
         "steps": steps,
         "seeds": list(seeds),
+        "overrides": list(overrides or []),
         "variants": {v.name: {"label": v.label, "config": v.config, "overrides": list(v.overrides)} for v in chosen},
         "top1": {name: {t: _mean_std([per_seed[s][name][t] for s in seeds]) for t in task_names
                         if all(t in per_seed[s].get(name, {}) for s in seeds)}
@@ -154,9 +155,11 @@ def run_ablations(
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     path = out / "table.md"
+    every_run = f" (every run with {', '.join(overrides)})" if overrides else ""
     path.write_text(
-        f"{text}\n\nAV-Digits, {steps} pretraining steps of the CPU recipes per run; linear SVM on frozen features "
-        f"(C chosen on a validation split carved from train, {train_clips} augmented clip(s) per training video); "
-        "audio tasks are leave-one-voice-out (mean over the 5 voices per seed). Chance: 10% digit, 12.5% motion.\n"
+        f"{text}\n\nAV-Digits, {steps} pretraining steps of the CPU recipes per run{every_run}; linear SVM on frozen "
+        f"features (C chosen on a validation split carved from train, {train_clips} augmented clip(s) per training "
+        "video); audio tasks are leave-one-voice-out (mean over the 5 voices per seed). Chance: 10% digit, 12.5% "
+        "motion.\n"
     )
     return path
