@@ -3,6 +3,7 @@
     python benchmarks/data_pipeline.py                                     # AV-Digits (CPU recipe) and a 720p file
     python benchmarks/data_pipeline.py --workers 0 1 2 --batches 30 --sources config
     python benchmarks/data_pipeline.py --sources config --set data.decoded_cache=data/av-digits-decoded  # predecoded
+    python benchmarks/data_pipeline.py --sources config --workers 1 --steps 0 --profile 25  # one item's cost, profiled
     python benchmarks/data_pipeline.py --config configs/pretrain/xkd_kinetics400.yaml --sources hd \\
         --set data.batch_size=8 --steps 0
 
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import cProfile
 import json
+import pstats
 import statistics
 import sys
 import tempfile
@@ -123,6 +126,31 @@ def loader_rate(dataset: ClipDataset, batch_size: int, workers: int, warmup: int
     }
 
 
+def item_cost(dataset: ClipDataset, items: int, top: int, seed: int) -> dict:
+    """ms per item made in this process with one torch thread (after 5 untimed items), then cProfile's ``top``
+    functions by own time over the same items, printed to stderr."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[: items + 5].tolist()
+        for i in order[:5]:
+            dataset[i]
+        t0 = time.perf_counter()
+        for i in order[5:]:
+            dataset[i]
+        ms = 1000 * (time.perf_counter() - t0) / max(len(order) - 5, 1)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for i in order[5:]:
+            dataset[i]
+        profiler.disable()
+    finally:
+        torch.set_num_threads(threads)
+    print(f"one item in one process: {ms:.2f} ms; cProfile over {len(order) - 5} items:", file=sys.stderr)
+    pstats.Stats(profiler, stream=sys.stderr).sort_stats("tottime").print_stats(top)
+    return {"items": len(order) - 5, "ms_per_item": ms}
+
+
 def step_rate(cfg: PretrainConfig, steps: int, warmup: int) -> dict:
     """Clips/s of ``Trainer.train_step`` on synthetic batches of ``cfg`` (median step time over ``steps``)."""
     device = torch.device("cuda" if cfg.run.device != "cpu" and torch.cuda.is_available() else "cpu")
@@ -163,6 +191,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads of this process (the step and --workers 0 loading); 0 = torch's default")
     parser.add_argument("--seed", type=int, default=0, help="order of the items")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also time --items items of each source in this process with one torch thread, and "
+                             "print cProfile's N functions with the most own time (where an item's time goes)")
+    parser.add_argument("--items", type=int, default=200, help="items timed and profiled with --profile")
     args = parser.parse_args(argv)
 
     if args.threads:
@@ -172,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
     batch = cfg.data.batch_size
     step = step_rate(cfg, args.steps, args.step_warmup) if args.steps > 0 else None
 
-    loader = []
+    loader, profiles = [], []
     with tempfile.TemporaryDirectory(prefix="xkd-bench-") as tmp:
         for source in args.sources:
             source_cfg = cfg
@@ -186,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
             else:
                 media = manifest = cfg.data.manifest
             dataset = build_dataset(source_cfg, manifest)
+            if args.profile:
+                profiles.append({"source": source, **item_cost(dataset, args.items, args.profile, args.seed)})
             for workers in args.workers:
                 rate = loader_rate(dataset, batch, workers, args.warmup, args.batches, args.seed)
                 rate["loader_to_step"] = rate["clips_per_s"] / step["clips_per_s"] if step else None
@@ -195,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"config": args.config, "overrides": args.set, "method": cfg.method, "batch": batch,
               "clip_duration": cfg.data.clip_duration, "video_fps": cfg.data.video_fps,
               "resize_short": cfg.data.resize_short, "torch_threads": torch.get_num_threads(),
-              "step": step, "loader": loader}
+              "step": step, "loader": loader, "item_profiles": profiles}
     print(json.dumps(result))
     if step:
         print(f"step ({step['device']}, batch {batch * cfg.optim.accum_steps}): {step['ms_per_step']:.0f} ms/step "
