@@ -223,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
             for workers in args.workers:
                 rate = loader_rate(dataset, batch, workers, args.warmup, args.batches, args.seed)
                 rate["loader_to_step"] = rate["clips_per_s"] / step["clips_per_s"] if step else None
-                loader.append({"source": source, "media": media, "decoded_cache": source_cfg.data.decoded_cache,
+                loader.append({"source": source, "media": media,
+                               "decoded_cache": getattr(source_cfg.data, "decoded_cache", ""),  # older versions: none
                                **rate})
 
     result = {"config": args.config, "overrides": args.set, "method": cfg.method, "batch": batch,
