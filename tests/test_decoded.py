@@ -48,7 +48,8 @@ def test_cached_window_equals_direct_decoding_at_the_grid_start(media, row, offs
     entry = manifest[row]
     path = manifest.resolve(entry)
     lo = entry.start or 0.0
-    clip = DecodedClips(cache, DECODING).clip(path, lo, entry.end, offset, 2.0)
+    store = DecodedClips(cache, DECODING)
+    clip = store.clip(store.row(path, lo, entry.end), offset, 2.0)
     start = round(offset * FPS) / FPS  # the requested start, rounded to the 1/fps frame grid
     assert clip.start == pytest.approx(lo + start)
     direct = decode_clip(path, lo + start, 2.0, FPS, short_side=16, sample_rate=16000)
@@ -61,7 +62,8 @@ def test_cached_window_equals_direct_decoding_at_the_grid_start(media, row, offs
 def test_window_past_the_end_is_clamped_to_the_span(media):
     manifest, cache, _ = media
     path = manifest.resolve(manifest[3])
-    clip = DecodedClips(cache, DECODING).clip(path, 0.0, None, 2.9, 2.0)  # 3 s file: the last window starts at 1 s
+    store = DecodedClips(cache, DECODING)
+    clip = store.clip(store.row(path, 0.0, None), 2.9, 2.0)  # 3 s file: the last window starts at 1 s
     assert clip.start == 1.0 and read_index(clip.video[0]) == FPS
 
 
@@ -69,7 +71,7 @@ def test_bad_file_raises_its_reason_and_the_dataset_skips_it(media):
     manifest, cache, _ = media
     store = DecodedClips(cache, DECODING)
     with pytest.raises(MediaError) as err:
-        store.clip(manifest.resolve(manifest[2]), 0.0, None, 0.0, 2.0)
+        store.row(manifest.resolve(manifest[2]), 0.0, None)
     assert err.value.reason == "empty-file"
     ds = ClipDataset(manifest, clip_duration=2.0, fps=FPS, short_side=16, sample_rate=16000, decoded_cache=cache)
     item = ds[2]
@@ -91,7 +93,7 @@ def test_changed_file_missing_row_and_other_settings_are_errors(media, tmp_path)
     manifest, cache, _ = media
     store = DecodedClips(cache, DECODING)
     with pytest.raises(FileNotFoundError, match="xkd data predecode"):
-        store.clip(manifest.resolve(manifest[0]), 0.5, None, 0.0, 2.0)  # a span that was never decoded
+        store.row(manifest.resolve(manifest[0]), 0.5, None)  # a span that was never decoded
     with pytest.raises(ValueError, match="short_side: cache 16 vs config 32"):
         DecodedClips(cache, Decoding(fps=FPS, short_side=32, sample_rate=16000))
     with pytest.raises(FileNotFoundError, match="not a decoded-clip cache"):
@@ -101,7 +103,7 @@ def test_changed_file_missing_row_and_other_settings_are_errors(media, tmp_path)
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     try:
         with pytest.raises(RuntimeError, match="changed"):
-            DecodedClips(cache, DECODING).clip(path, 0.0, None, 0.0, 2.0)
+            DecodedClips(cache, DECODING).row(path, 0.0, None)
     finally:
         os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xkd.data.decoded import DecodedClips, Decoding
+from xkd.data.decoded import DecodedClips, Decoding, row_bounds
 from xkd.data.manifest import Manifest
 from xkd.data.media import Clip, MediaError, clip_starts, decode_clip, probe
 
@@ -154,17 +154,18 @@ class ClipDataset(Dataset):
     def _decode(self, row: int, clip_no: int, generator: torch.Generator) -> Clip:
         entry = self.manifest[row]
         path = self.manifest.resolve(entry)
-        lo = entry.start if entry.start is not None else 0.0
-        if self.decoded is not None:
-            span = self.decoded.span(path, lo, entry.end)
+        lo, end = row_bounds(entry)
+        cached = self.decoded.row(path, lo, end) if self.decoded is not None else None
+        if cached is not None:
+            span = cached.span
         else:
-            span = (entry.end if entry.end is not None else self._span(row)) - lo
+            span = (end if end is not None else self._span(row)) - lo
         if self.clip_sampling == "uniform":
             offset = clip_starts(span, self.clip_duration, self.clips_per_video, "uniform")[clip_no]
         else:
             offset = clip_starts(span, self.clip_duration, 1, "random", generator)[0]
-        if self.decoded is not None:
-            return self.decoded.clip(path, lo, entry.end, offset, self.clip_duration)
+        if cached is not None:
+            return self.decoded.clip(cached, offset, self.clip_duration)
         return decode_clip(
             path,
             lo + offset,

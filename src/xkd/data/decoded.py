@@ -24,6 +24,7 @@ every read, so the dataset's bad-media policy applies unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -77,8 +78,8 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
     tmp.replace(path)
 
 
-def _decode_row(job: tuple[str, float, float | None, str, dict]) -> tuple[str, str | None]:
-    """Decode one row into the cache (worker function). Returns (key, bad reason or None)."""
+def _decode_row(job: tuple[str, float, float | None, str, dict]) -> str | None:
+    """Decode one row into the cache (worker function). Returns the bad-media reason, or None."""
     path_text, lo, end, folder, decoding = job
     path, spec, rows = Path(path_text), Decoding(**decoding), Path(folder) / "rows"
     key = row_key(path, lo, end)
@@ -108,7 +109,7 @@ def _decode_row(job: tuple[str, float, float | None, str, dict]) -> tuple[str, s
     tmp = rows / f".{key}.json.tmp"
     tmp.write_text(json.dumps(meta))
     tmp.replace(rows / f"{key}.json")  # written last: a row is done when its json exists
-    return key, meta.get("bad")
+    return meta.get("bad")
 
 
 def predecode(
@@ -141,23 +142,33 @@ def predecode(
         else:
             jobs.append((str(path), lo, hi, str(folder), settings))
     bad: dict[str, int] = {}
-    bar = tqdm(total=len(jobs), desc="predecode", unit="file", disable=not progress)
-    if workers > 0 and len(jobs) > 1:
-        with get_context("spawn").Pool(workers, initializer=init_worker, initargs=(0,)) as pool:
-            results = pool.imap_unordered(_decode_row, jobs, chunksize=8)
-            for _, reason in results:
-                if reason:
-                    bad[reason] = bad.get(reason, 0) + 1
-                bar.update()
-    else:
-        for job in jobs:
-            _, reason = _decode_row(job)
+    parallel = workers > 0 and len(jobs) > 1
+    pool_or_none = get_context("spawn").Pool(workers, initializer=init_worker, initargs=(0,)) if parallel else None
+    with pool_or_none or contextlib.nullcontext(), tqdm(total=len(jobs), desc="predecode", unit="file",
+                                                       disable=not progress) as bar:
+        reasons = pool_or_none.imap_unordered(_decode_row, jobs, chunksize=8) if parallel else map(_decode_row, jobs)
+        for reason in reasons:
             if reason:
                 bad[reason] = bad.get(reason, 0) + 1
             bar.update()
-    bar.close()
     size = sum(p.stat().st_size for p in (folder / "rows").iterdir())
     return {"rows": len(seen), "decoded": len(jobs), "reused": reused, "bad": bad, "bytes": size}
+
+
+@dataclass(frozen=True)
+class DecodedRow:
+    """One cached row: its file stem ``key``, media file, stored span ``[lo, hi)`` in seconds, frame and sample counts."""
+
+    key: str
+    path: Path
+    lo: float
+    hi: float
+    frames: int
+    samples: int
+
+    @property
+    def span(self) -> float:
+        return self.hi - self.lo
 
 
 class DecodedClips:
@@ -182,8 +193,9 @@ class DecodedClips:
         self._meta: dict[str, dict] = {}  # per process
         self._headers: dict[Path, tuple] = {}  # .npy file -> (data offset, shape, dtype), per process
 
-    def meta(self, path: Path, lo: float, hi: float | None) -> dict:
-        """The row's stored record; raises the row's MediaError if it failed to decode."""
+    def row(self, path: Path, lo: float, hi: float | None) -> DecodedRow:
+        """The stored record of the row with span ``[lo, hi)`` of ``path`` (hi None: the whole file), checked against
+        the file on disk; raises the row's MediaError if it failed to decode."""
         key = row_key(path, lo, hi)
         meta = self._meta.get(key)
         if meta is None:
@@ -191,9 +203,7 @@ class DecodedClips:
             if not file.is_file():
                 raise FileNotFoundError(f"{path} (span from {lo} s) is not in the decoded-clip cache {self.folder}; "
                                         "re-run `xkd data predecode` for this manifest")
-            meta = json.loads(file.read_text())
-            meta["key"] = key
-            self._meta[key] = meta
+            meta = self._meta[key] = json.loads(file.read_text())
         if "bad" in meta:
             raise MediaError(path, meta["bad"], meta["message"])
         try:
@@ -203,7 +213,7 @@ class DecodedClips:
         if changed:
             raise RuntimeError(f"{path} changed (or vanished) after it was decoded into {self.folder}; re-run "
                                "`xkd data predecode`")
-        return meta
+        return DecodedRow(key, Path(path), meta["lo"], meta["hi"], meta["frames"], meta["samples"])
 
     def _read(self, file: Path, first: int, count: int) -> np.ndarray:
         """Rows ``first : first + count`` (along the first axis) of a .npy file, read with one seek: the header is
@@ -223,14 +233,8 @@ class DecodedClips:
         data = np.fromfile(file, dtype=dtype, count=count * row, offset=offset + first * row * dtype.itemsize)
         return data.reshape(count, *shape[1:])
 
-    def span(self, path: Path, lo: float, hi: float | None) -> float:
-        """Seconds of the row's stored span."""
-        meta = self.meta(path, lo, hi)
-        return meta["hi"] - meta["lo"]
-
-    def clip(self, path: Path, lo: float, hi: float | None, offset: float, duration: float) -> Clip:
+    def clip(self, row: DecodedRow, offset: float, duration: float) -> Clip:
         """The window starting ``offset`` s into the row's span (rounded to the frame grid), ``duration`` s long."""
-        meta = self.meta(path, lo, hi)
         spec = self.decoding
         rows = self.folder / "rows"
         grid = spec.fps if spec.video else spec.sample_rate
@@ -238,21 +242,22 @@ class DecodedClips:
         video = audio = None
         if spec.video:
             count = round(duration * spec.fps)
-            first = max(0, min(first, meta["frames"] - count))
-            if meta["frames"] < count:
-                raise MediaError(path, "too-short", f"{meta['frames']} decoded frames, the window needs {count}")
-            video = torch.from_numpy(self._read(rows / f"{meta['key']}.video.npy", first, count))
+            first = max(0, min(first, row.frames - count))
+            if row.frames < count:
+                raise MediaError(row.path, "too-short", f"{row.frames} decoded frames, the window needs {count}")
+            video = torch.from_numpy(self._read(rows / f"{row.key}.video.npy", first, count))
         start = first / grid
         if spec.audio:
             n = round(duration * spec.sample_rate)
-            if meta["samples"] < n - math.floor(AUDIO_PAD_TOLERANCE * spec.sample_rate):
-                raise MediaError(path, "too-short", f"{meta['samples']} decoded samples, the window needs {n}")
-            s0 = max(0, min(round(start * spec.sample_rate), meta["samples"] - n))
-            wave = self._read(rows / f"{meta['key']}.audio.npy", s0, min(n, meta["samples"] - s0))
+            if row.samples < n - math.floor(AUDIO_PAD_TOLERANCE * spec.sample_rate):
+                raise MediaError(row.path, "too-short", f"{row.samples} decoded samples, the window needs {n}")
+            s0 = max(0, min(round(start * spec.sample_rate), row.samples - n))
+            wave = self._read(rows / f"{row.key}.audio.npy", s0, min(n, row.samples - s0))
             audio = torch.from_numpy(np.pad(wave, (0, n - wave.shape[0])) if wave.shape[0] < n else wave)
-        return Clip(video=video, audio=audio, start=lo + start, duration=duration)
+        return Clip(video=video, audio=audio, start=row.lo + start, duration=duration)
 
 
 def cache_size_text(num_bytes: int) -> str:
+    """A byte count for people: MiB below 1 GiB, else GiB."""
     return f"{num_bytes / 2**20:,.1f} MiB" if num_bytes < 2**30 else f"{num_bytes / 2**30:,.2f} GiB"
 

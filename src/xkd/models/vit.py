@@ -87,7 +87,6 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
     def forward(self, x: torch.Tensor, return_cls_attention: bool = False):
-        cls_attn = None
         if return_cls_attention:
             y, cls_attn = self.attn(self.norm1(x), return_cls_attention=True)
         else:
