@@ -11,7 +11,7 @@ from torch import nn
 
 from xkd.ccl.config import TeacherConfig
 from xkd.ccl.packaged import MNIST_INK_RADIUS, center_digit
-from xkd.ccl.teachers import TeacherUnavailableError, build_teacher, package_file
+from xkd.ccl.teachers import Teacher, TeacherUnavailableError, build_teacher, package_file
 
 
 class TinyImageNet(nn.Module):
@@ -67,6 +67,14 @@ def test_safetensors_teacher_with_factory(tmp_path):
         assert torch.allclose(teacher.features(wave), lin(wave)[:, None], atol=1e-5)  # [B, 1, D]
     assert teacher.fingerprint != build_teacher(TeacherConfig(**{**cfg.__dict__, "input_scale": 0.5}),
                                                 "audio", 1.0).fingerprint
+
+
+def test_a_teacher_without_features_cannot_be_built():
+    class Incomplete(Teacher):
+        dim = 4
+
+    with pytest.raises(TypeError, match="_features"):
+        Incomplete("incomplete")
 
 
 def test_missing_teacher_files_and_packages_say_how_to_get_them(tmp_path):

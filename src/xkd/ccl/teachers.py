@@ -23,6 +23,7 @@ Kinds (:func:`build_teacher`):
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import importlib
 import importlib.util
@@ -120,9 +121,10 @@ def normalize_images(images: Tensor, mean: tuple[float, ...], std: tuple[float, 
     return (images - m) / s
 
 
-class Teacher(nn.Module):
+class Teacher(nn.Module, metaclass=abc.ABCMeta):
     """A frozen feature extractor. Subclasses set ``modality``, ``dim`` (and ``sample_rate`` for audio) and implement
-    :meth:`_features`; callers use :meth:`features`, which runs it in eval mode without gradients."""
+    :meth:`_features` (a subclass without it cannot be instantiated); callers use :meth:`features`, which runs it in
+    eval mode without gradients."""
 
     modality: str = "image"  # "image" or "audio"
     dim: int = 0
@@ -143,8 +145,9 @@ class Teacher(nn.Module):
         text = "|".join(self._identity + [f"dim={self.dim}", f"sr={self.sample_rate}"])
         return f"{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
+    @abc.abstractmethod
     def _features(self, x: Tensor) -> Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must implement _features (the abstract step of Teacher)")
+        """The teacher's own computation on validated float32 input (see :meth:`features`)."""
 
     @torch.no_grad()
     def features(self, x: Tensor) -> Tensor:
