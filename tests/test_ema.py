@@ -123,13 +123,12 @@ def test_ema_update_pairs_rejects_a_wrong_number_of_momenta():
 
 
 def test_cosine_momentum_schedule():
-    K = 100
+    K = 101
     m = cosine_momentum_schedule(0.997, 1.0, total_iters=K)
     assert m.shape == (K,)
     assert m[0] == 0.997
     assert m[K // 2] == pytest.approx(0.9985, abs=1e-12)
-    assert m[-1] == pytest.approx(1.0 - 0.003 * (1 + math.cos(math.pi * (K - 1) / K)) / 2, abs=1e-15)
-    assert 1.0 - 0.003 * math.pi**2 / (4 * K**2) <= m[-1] < 1.0
+    assert m[-1] == 1.0  # ends exactly at the final momentum
     assert np.all(np.diff(m) > 0)
     for k in (7, 33, 81):
-        assert m[k] == pytest.approx(1.0 - 0.5 * (1 - 0.997) * (1 + math.cos(math.pi * k / K)), abs=1e-15)
+        assert m[k] == pytest.approx(1.0 - 0.5 * (1 - 0.997) * (1 + math.cos(math.pi * k / (K - 1))), abs=1e-15)

@@ -55,6 +55,31 @@ def test_run_folder_holds_everything(avdigits_tiny, tmp_path):
         pretrain(tiny_cfg(avdigits_tiny), out, max_steps=3, progress=False)
 
 
+def test_steps_complete_the_schedule_and_max_steps_says_it_stopped_early(avdigits_tiny, tmp_path, capsys):
+    """--steps 30: the last metrics row holds the final learning rate and EMA momentum; --max-steps stops early and
+    the summary, the metrics and the weights file say so."""
+    from xkd.cli import main
+
+    common = ["pretrain", "--config", str(CONFIG), "--no-progress", *(x for k in TINY for x in ("--set", k)),
+              "--set", f"data.manifest={avdigits_tiny}", "--set", "optim.final_lr=1e-6"]
+    assert main([*common, "--out", str(tmp_path / "full"), "--steps", "30"]) == 0
+    metrics = read_metrics(tmp_path / "full")
+    assert metrics["step"][-1] == 30 and metrics["schedule_steps"][-1] == 30
+    assert metrics["lr"][-1] == pytest.approx(1e-6, rel=1e-9)
+    assert metrics["momentum"][-1] == 1.0
+    assert "STOPPED EARLY" not in capsys.readouterr().out
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert (summary["steps"], summary["schedule_steps"], summary["stopped_early"]) == (30, 30, False)
+
+    assert main([*common, "--out", str(tmp_path / "early"), "--steps", "30", "--max-steps", "4"]) == 0
+    assert "STOPPED EARLY at step 4 of the 30-step schedule" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "early" / "summary.json").read_text())
+    assert (summary["steps"], summary["schedule_steps"], summary["stopped_early"]) == (4, 30, True)
+    assert read_metrics(tmp_path / "early")["schedule_steps"][-1] == 30
+    _, meta = weights(tmp_path / "early" / "weights.safetensors")
+    assert (meta["step"], meta["schedule_steps"]) == ("4", "30")
+
+
 def test_resume_continues_bitwise(avdigits_tiny, tmp_path):
     cfg = tiny_cfg(avdigits_tiny, "run.checkpoint_every=2")
     pretrain(cfg, tmp_path / "straight", max_steps=5, progress=False)

@@ -9,14 +9,15 @@ from xkd.engine.schedules import Schedules, build_schedules, cosine_schedule
 
 
 def reference_cosine(base, final, total, warmup, start):
-    """DINO's cosine_scheduler written out with a loop."""
+    """DINO's cosine_scheduler written out with a loop, except that the cosine reaches ``final`` on the last
+    iteration (DINO's stops one step short)."""
     values = []
     for i in range(total):
         if i < warmup:
             values.append(start + (base - start) * (i / (warmup - 1) if warmup > 1 else 1.0))
         else:
             k, length = i - warmup, total - warmup
-            values.append(final + 0.5 * (base - final) * (1 + math.cos(math.pi * k / length)))
+            values.append(final + 0.5 * (base - final) * (1 + math.cos(math.pi * k / max(length - 1, 1))))
     return values
 
 
@@ -26,8 +27,7 @@ def test_cosine_schedule_warmup_and_end_values():
     assert s[0] == 0.0
     assert s[5] == pytest.approx(1e-4 * 5 / 9, rel=1e-12)
     assert s[9] == pytest.approx(1e-4, rel=1e-12) and s[10] == pytest.approx(1e-4, rel=1e-12)
-    assert s[-1] == pytest.approx(1e-6 + 0.5 * (1e-4 - 1e-6) * (1 + math.cos(math.pi * 39 / 40)), rel=1e-12)
-    assert 1e-6 < s[-1] < 1.2e-6  # the last value stops one step short of final, as DINO
+    assert s[-1] == pytest.approx(1e-6, rel=1e-12)  # the last value is the final one
     assert np.all(np.diff(s[:10]) > 0) and np.all(np.diff(s[10:]) < 0)
     np.testing.assert_allclose(s, reference_cosine(1e-4, 1e-6, 50, 10, 0.0), rtol=1e-12, atol=0)
 
@@ -63,6 +63,23 @@ def test_build_schedules_follows_the_configured_epochs():
     values = s.at(5)
     assert values == {"lr": s.lr[5], "weight_decay": 0.3, "momentum": s.momentum[5],
                       "video_teacher_temp": s.video_teacher_temp[5], "audio_teacher_temp": s.audio_teacher_temp[5]}
+
+
+def test_steps_size_every_schedule_to_the_run():
+    """optim.steps = 30: every schedule spans exactly 30 steps, warm-ups keep the recipe's fraction."""
+    optim = OptimConfig(epochs=10, steps=30, lr=1e-3, final_lr=1e-5, warmup_epochs=2, weight_decay=0.04,
+                        final_weight_decay=0.4)
+    loss = LossConfig(video_teacher_temp_warmup=0.04, video_teacher_temp=0.07, audio_teacher_temp_warmup=0.04,
+                      audio_teacher_temp=0.07, teacher_temp_warmup_epochs=4, ema_start=0.99, ema_end=1.0)
+    s = build_schedules(optim, loss, iters_per_epoch=1000, total_iters=30)  # the dataset's epoch size is irrelevant
+    assert len(s) == 30
+    assert s.lr[0] == 0.0 and s.lr[5] == pytest.approx(1e-3)  # warm-up: 2 of 10 epochs = 6 of 30 steps
+    assert s.lr[-1] == pytest.approx(1e-5, rel=1e-12)
+    assert s.weight_decay[0] == pytest.approx(0.04) and s.weight_decay[-1] == pytest.approx(0.4, rel=1e-12)
+    assert s.momentum[0] == 0.99 and s.momentum[-1] == 1.0
+    # teacher temperature: 4 warm-up "epochs" of 3 steps each (0.04, 0.05, 0.06, 0.07), then constant
+    np.testing.assert_allclose(s.video_teacher_temp[::3], [0.04, 0.05, 0.06] + [0.07] * 7, rtol=1e-12)
+    assert s.video_teacher_temp[-1] == 0.07
 
 
 def test_max_steps_truncates_instead_of_compressing():

@@ -150,6 +150,7 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     epochs: int = 800
+    steps: int = 0  # schedule length in optimiser steps (xkd pretrain --steps); 0 = epochs x steps per epoch
     lr: float = 1e-4
     final_lr: float = 0.0
     warmup_epochs: int = 30

@@ -22,10 +22,10 @@ from xkd.engine.schedules import cosine_schedule
 
 
 def cosine_momentum_schedule(start: float = 0.997, end: float = 1.0, *, total_iters: int) -> np.ndarray:
-    """EMA momentum per iteration, [total_iters]: m_k = end - (end - start)(1 + cos(π k / K)) / 2, k = 0..K-1.
+    """EMA momentum per iteration, [total_iters]: m_k = end - (end - start)(1 + cos(π k / (K - 1))) / 2, k = 0..K-1.
 
-    DINO's ``cosine_scheduler`` without warm-up, as the released code uses: m_0 = start, and the last value is
-    within (end - start) π² / (4 K²) of ``end``.
+    The released code's cosine without warm-up (DINO's ``cosine_scheduler``), except that the last value is exactly
+    ``end`` (DINO's stops within (end - start) π² / (4 K²) of it): m_0 = start, m_{K-1} = end.
     """
     return cosine_schedule(start, end, total_iters)
 

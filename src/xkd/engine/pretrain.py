@@ -40,7 +40,7 @@ from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, i
 from xkd.engine.flops import count_flops, measure_matmul_peak
 from xkd.engine.logger import RunLogger, plot_metrics
 from xkd.engine.optim import amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler, param_groups
-from xkd.engine.schedules import build_schedules
+from xkd.engine.schedules import build_schedules, schedule_length
 from xkd.models.xkd import XKD
 
 log = logging.getLogger(__name__)
@@ -104,12 +104,15 @@ def weights_parts(model: XKD) -> dict[str, dict[str, torch.Tensor]]:
     return parts
 
 
-def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int) -> Path:
+def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int, schedule_steps: int | None = None) -> Path:
+    """Write the clean weights with their metadata; ``schedule_steps`` (default ``step``) is the schedule's length,
+    so a reader can tell a run stopped early from a complete one."""
     meta = {
         "format": "xkd-weights-1",
         "xkd_version": xkd.__version__,
         "method": cfg.method,
         "step": str(step),
+        "schedule_steps": str(step if schedule_steps is None else schedule_steps),
         "config": json.dumps(to_dict(cfg)),
     }
     return ckpt.save_weights(path, weights_parts(model), meta)
@@ -252,17 +255,20 @@ def pretrain(
 
 
 def pretrain_or_reuse(cfg: PretrainConfig, out_dir: str | Path, steps: int, progress: bool = True) -> Path:
-    """Pretrain ``steps`` steps into ``out_dir`` unless a finished run of that length is there (resuming an interrupted
-    one); returns the weights file."""
-    from xkd.engine.checkpoint import latest_checkpoint
+    """Pretrain a complete schedule of ``steps`` steps (``optim.steps``) into ``out_dir`` unless a finished run of that
+    schedule is there (resuming an interrupted one); returns the weights file."""
+    from dataclasses import replace
 
     out_dir = Path(out_dir)
+    cfg = replace(cfg, optim=replace(cfg.optim, steps=steps))
     summary = out_dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("steps") == steps:
-        log.info("reusing the finished run in %s", out_dir)
-        return out_dir / WEIGHTS_FILE
-    resume = out_dir.exists() and latest_checkpoint(out_dir) is not None
-    pretrain(cfg, out_dir, resume=resume, max_steps=steps, progress=progress)
+    if summary.is_file():
+        done = json.loads(summary.read_text())
+        if done.get("steps") == done.get("schedule_steps") == steps:
+            log.info("reusing the finished run in %s", out_dir)
+            return out_dir / WEIGHTS_FILE
+    resume = out_dir.exists() and ckpt.latest_checkpoint(out_dir) is not None
+    pretrain(cfg, out_dir, resume=resume, progress=progress)
     return out_dir / WEIGHTS_FILE
 
 
@@ -292,7 +298,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
         epoch_size=run.epoch_size,
     )
     iters_per_epoch = sampler.steps_per_epoch
-    full_steps = cfg.optim.epochs * iters_per_epoch
+    full_steps = schedule_length(cfg.optim, iters_per_epoch)
     limit = max_steps if max_steps else run.max_steps
     total_steps = min(full_steps, limit) if limit else full_steps
 
@@ -331,7 +337,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 "xkd_version": xkd.__version__,
             }
             ckpt.save_checkpoint(ckpt.checkpoint_path(out_dir, at_step), state, keep_last=run.keep_checkpoints)
-            save_weights_file(model, cfg, out_dir / WEIGHTS_FILE, at_step)
+            save_weights_file(model, cfg, out_dir / WEIGHTS_FILE, at_step, full_steps)
         barrier()
 
     # --------------------------------------------------------------- loop
@@ -384,8 +390,9 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 elapsed = time.perf_counter() - window_t0
                 step_time = elapsed / max(window_steps, 1)
                 clips = sampler.samples_per_step / step_time
-                metrics = {**terms_sum, **values, "epoch": epoch, "step_time": step_time, "clips_per_s": clips,
-                           "bad_media_files": len(bad), "skipped_steps": skipped}
+                metrics = {**terms_sum, **values, "epoch": epoch, "schedule_steps": full_steps,
+                           "step_time": step_time, "clips_per_s": clips, "bad_media_files": len(bad),
+                           "skipped_steps": skipped}
                 if result.grad_norms is not None and result.grad_norms.numel():
                     metrics["grad_norm_max"] = float(result.grad_norms.max())
                 if trainer.step_flops and dist_info.is_main:
@@ -408,7 +415,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
 
     summary = {
         "steps": step,
-        "total_steps": total_steps,
+        "schedule_steps": full_steps,
+        "stopped_early": step < full_steps,
         "iters_per_epoch": iters_per_epoch,
         "final": last_terms,
         "bad_media": bad.counts(),
@@ -425,6 +433,9 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
             except ValueError as err:  # a run too short to plot
                 log.info("no loss plot: %s", err)
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if step < full_steps:
+            log.warning("stopped early: %d of the schedule's %d steps (the learning rate, EMA momentum and "
+                        "temperatures did not reach their final values)", step, full_steps)
         print(bad.summary())
     return summary
 
