@@ -5,7 +5,7 @@ import torch
 
 import xkd
 from eval_fixtures import tiny_config
-from xkd.api import InputShapeError
+from xkd.api import InputShapeError, baseline_seed, random_encoders
 from xkd.engine.pretrain import save_weights_file
 from xkd.models.encoder import pooled
 from xkd.models.xkd import XKD
@@ -72,3 +72,33 @@ def test_missing_or_foreign_files_are_clear_errors(tmp_path, weights):
         xkd.load(tmp_path)
     with pytest.raises(ValueError, match="role"):
         xkd.load(weights[0], role="coach")
+
+
+def test_random_baseline_is_not_the_pretrained_models_starting_point():
+    cfg = tiny_config()
+    torch.manual_seed(cfg.run.seed)  # the pretraining engine seeds and builds in this order
+    start = XKD(cfg).student["video"].encoder.state_dict()
+    with pytest.raises(ValueError, match="its own seed"):
+        random_encoders(cfg, seed=cfg.run.seed)
+    state = torch.get_rng_state()
+    baseline = random_encoders(cfg, seed=baseline_seed(cfg.run.seed))
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random state is untouched
+    assert baseline.source == f"random init (seed {baseline_seed(cfg.run.seed)})"
+    differ = [k for k, v in baseline.video.state_dict().items() if not torch.equal(v, start[k])]
+    assert "tokenizer.proj.weight" in differ and "pos_embed" in differ
+    again = random_encoders(cfg, seed=baseline_seed(cfg.run.seed))  # deterministic by its seed
+    assert all(torch.equal(v, again.video.state_dict()[k]) for k, v in baseline.video.state_dict().items())
+
+
+def test_load_roles_and_early_stop_are_reported(weights, tmp_path):
+    from xkd.api import load_roles
+
+    folder, model = weights
+    both = load_roles(folder)
+    assert list(both) == ["teacher", "student"] and both["student"].role == "student"
+    assert list(load_roles(folder, role="student")) == ["student"]
+    assert not both["teacher"].stopped_early and "STOPPED" not in both["teacher"].describe()
+    save_weights_file(model, tiny_config(), tmp_path / "early.safetensors", step=3, schedule_steps=10)
+    early = xkd.load(tmp_path / "early.safetensors")
+    assert early.steps == (3, 10) and early.stopped_early
+    assert "STOPPED EARLY at step 3 of a 10-step schedule" in early.describe()

@@ -242,7 +242,7 @@ def test_pretraining_skips_and_counts_every_bad_file_with_and_without_workers(co
 
 def test_evaluation_skips_and_reports_bad_files(corpus, caplog):
     _, cases, manifest = corpus
-    encoders = random_encoders(tiny_config(), seed=0)
+    encoders = random_encoders(tiny_config(), seed=3)
     opts = EvalOptions(train_clips=1, test_clips=1, num_workers=0, progress=False, knn_k=3)
     tasks = tasks_for(str(manifest), modality="av")
     with caplog.at_level(logging.WARNING, logger="xkd.eval"):
@@ -260,7 +260,7 @@ def test_evaluation_skips_and_reports_bad_files(corpus, caplog):
 
 def test_extraction_from_a_folder_skips_and_reports_bad_files(corpus, tmp_path):
     root, cases, _ = corpus
-    encoders = random_encoders(tiny_config(), seed=0)
+    encoders = random_encoders(tiny_config(), seed=3)
     manifest = manifest_from_target(root)
     assert sorted(str(manifest.resolve(r)) for r in manifest) == sorted(str(c.path) for c in listed(cases, "folder"))
     opts = ExtractOptions(clips_per_video=1, num_workers=2, batch_size=8, progress=False)

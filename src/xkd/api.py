@@ -37,8 +37,9 @@ class Encoders:
     video: Encoder | None
     audio: Encoder | None
     config: PretrainConfig
-    role: str  # "student" or "teacher"
+    role: str  # "student", "teacher" or "random"
     source: str
+    steps: tuple[int, int] | None = None  # (steps trained, schedule length) of an xkd run; None when unknown
 
     def __post_init__(self) -> None:
         self._logmel: tuple | None = None
@@ -54,6 +55,18 @@ class Encoders:
     @property
     def dim(self) -> int:
         return (self.video or self.audio).dim
+
+    @property
+    def stopped_early(self) -> bool:
+        """Whether the run these weights come from stopped before the end of its schedule (``--max-steps``)."""
+        return self.steps is not None and self.steps[0] < self.steps[1]
+
+    def describe(self) -> str:
+        """One line for reports: the source, the role and, for a run stopped early, how far it got."""
+        text = f"{self.source} ({self.role})"
+        if self.stopped_early:
+            text += f", STOPPED EARLY at step {self.steps[0]} of a {self.steps[1]}-step schedule"
+        return text
 
     @property
     def logmel(self) -> LogMel:
@@ -85,8 +98,9 @@ class Encoders:
         return torch.stack(out)
 
     @torch.no_grad()
-    def encode_video(self, clips: Tensor, batch_size: int = 32) -> Tensor:
-        """Video features [B, D] from normalised clips [B, 3, T, H, W] (float) or raw frames [B, T, H, W, 3] (uint8).
+    def encode_video(self, clips: Tensor, batch_size: int = 32, tokens: bool = False) -> Tensor:
+        """Video features [B, D] from normalised clips [B, 3, T, H, W] (float) or raw frames [B, T, H, W, 3] (uint8);
+        with ``tokens`` the patch tokens [B, N, D] instead of their mean (CLS excluded).
 
         T, H and W must be multiples of the tubelet size (other sizes than the training size resample the position
         embedding)."""
@@ -101,7 +115,7 @@ class Encoders:
         if any(s % p for s, p in zip(clips.shape[2:], patch)):
             raise InputShapeError(f"video clips [B, 3, T, H, W] need T, H, W to be multiples of {list(patch)}, "
                                   f"got {list(clips.shape)}")
-        return self._batched(self.video, clips, batch_size)
+        return self._batched(self.video, clips, batch_size, tokens)
 
     # ------------------------------------------------------------------------------------------------ audio
     def prepare_audio(self, waveforms: Tensor) -> Tensor:
@@ -111,8 +125,9 @@ class Encoders:
         return self.logmel(waveforms.to(self.device)).unsqueeze(1)
 
     @torch.no_grad()
-    def encode_audio(self, audio: Tensor, batch_size: int = 32) -> Tensor:
-        """Audio features [B, D] from waveforms [B, S] or log-mel spectrograms [B, 1, F, T] / [B, F, T]."""
+    def encode_audio(self, audio: Tensor, batch_size: int = 32, tokens: bool = False) -> Tensor:
+        """Audio features [B, D] from waveforms [B, S] or log-mel spectrograms [B, 1, F, T] / [B, F, T]; with
+        ``tokens`` the patch tokens [B, N, D] instead of their mean (CLS excluded)."""
         if self.audio is None:
             raise ValueError(f"{self.source} holds no audio encoder")
         if audio.ndim == 2:
@@ -126,10 +141,13 @@ class Encoders:
                 f"expected waveforms [B, S] or log-mel [B, 1, {n_mels}, T] with T a multiple of {patch[1]}, "
                 f"got {list(audio.shape)}"
             )
-        return self._batched(self.audio, audio, batch_size)
+        return self._batched(self.audio, audio, batch_size, tokens)
 
-    def _batched(self, encoder: Encoder, x: Tensor, batch_size: int) -> Tensor:
-        outs = [pooled(encoder(chunk.to(self.device))) for chunk in x.split(batch_size)]
+    def _batched(self, encoder: Encoder, x: Tensor, batch_size: int, tokens: bool) -> Tensor:
+        outs = []
+        for chunk in x.split(batch_size):
+            out = encoder(chunk.to(self.device))
+            outs.append(out.patch_tokens if tokens else pooled(out))
         return torch.cat(outs).float()
 
 
@@ -178,6 +196,7 @@ def load(path: str | Path, role: str = "auto", device: str | torch.device = "cpu
     if "config" not in meta:
         raise ValueError(f"{file} has no 'config' metadata: it is not an xkd weights file")
     cfg = from_dict(PretrainConfig, json.loads(meta["config"]), source=f"{file} (metadata)")
+    steps = (int(meta["step"]), int(meta.get("schedule_steps", meta["step"]))) if "step" in meta else None
     built = {}
     for modality, build in (("video", video_encoder), ("audio", audio_encoder)):
         state = parts.get(f"{modality}_{chosen}")
@@ -185,7 +204,19 @@ def load(path: str | Path, role: str = "auto", device: str | torch.device = "cpu
             enc = build(cfg.model)
             enc.load_state_dict(state)
             built[modality] = enc
-    return Encoders(built.get("video"), built.get("audio"), cfg, chosen, str(file)).to(device)
+    return Encoders(built.get("video"), built.get("audio"), cfg, chosen, str(file), steps).to(device)
+
+
+def load_roles(path: str | Path, role: str = "both", device: str | torch.device = "cpu") -> dict[str, Encoders]:
+    """``{role: Encoders}``: with ``role="both"`` the teachers and the students when the weights hold both (the
+    students alone otherwise), else the one role asked for (see :func:`load`)."""
+    if role != "both":
+        encoders = load(path, role=role, device=device)
+        return {encoders.role: encoders}
+    teacher = load(path, role="auto", device=device)
+    if teacher.role != "teacher":
+        return {teacher.role: teacher}
+    return {"teacher": teacher, "student": load(path, role="student", device=device)}
 
 
 def _choose_role(role: str, roles: set[str], source: str) -> str:
@@ -198,7 +229,25 @@ def _choose_role(role: str, roles: set[str], source: str) -> str:
     return role
 
 
-def random_encoders(cfg: PretrainConfig, seed: int = 0, device: str | torch.device = "cpu") -> Encoders:
-    """Randomly initialised encoders of ``cfg``'s architecture: the untrained baseline of an evaluation."""
-    torch.manual_seed(seed)
-    return Encoders(video_encoder(cfg.model), audio_encoder(cfg.model), cfg, "random", "random init").to(device)
+BASELINE_SEED_OFFSET = 100_003  # baseline_seed(s) = s + this: never a pretraining seed of the same experiment
+
+
+def baseline_seed(pretrain_seed: int) -> int:
+    """The seed of the random-init baseline evaluated beside models pretrained with ``pretrain_seed``."""
+    return pretrain_seed + BASELINE_SEED_OFFSET
+
+
+def random_encoders(cfg: PretrainConfig, seed: int, device: str | torch.device = "cpu") -> Encoders:
+    """Randomly initialised encoders of ``cfg``'s architecture, the untrained baseline of an evaluation, from their
+    own ``seed`` (e.g. :func:`baseline_seed`).
+
+    The seed must differ from ``cfg.run.seed``: a model pretrained with that seed starts from exactly these weights,
+    so it would be scored against its own starting point. The caller's random state is left untouched.
+    """
+    if seed == cfg.run.seed:
+        raise ValueError(f"the random-init baseline needs its own seed, not the pretraining seed {seed} "
+                         f"(use xkd.api.baseline_seed({seed}) = {baseline_seed(seed)})")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        video, audio = video_encoder(cfg.model), audio_encoder(cfg.model)
+    return Encoders(video, audio, cfg, "random", f"random init (seed {seed})").to(device)
