@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny real AV-Digits build (made once per test session)."""
+"""Shared fixtures: a tiny real AV-Digits build (made once per test session), one torch thread for tiny matrices."""
 
 import os
 
@@ -15,3 +15,14 @@ def avdigits_tiny(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("av-digits")
     return prepare_avdigits(out, tiny=True, num_clips=40, progress=False, workers=1)
+
+
+@pytest.fixture
+def single_thread():
+    """Tiny matrices run fastest on one thread, and the test machine is shared."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,19 +7,13 @@ import torch
 import xkd.eval.linear as linear_module
 from xkd.eval.features import FeatureSet
 from xkd.eval.knn import knn_classify, knn_scores
-from xkd.eval.linear import LinearHead, cosine_lr, linear_probe
+from xkd.eval.linear import LINEAR_WDS, LinearHead, cosine_lr, linear_probe
 
 from feature_fixtures import CLASS_NAMES, blobs, random_set
 FAST = dict(epochs=15, batch_size=64, warmup_epochs=2)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny matrices run fastest on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def multilabel_blobs(n_videos, seed, first_id=0, dim=16):
@@ -39,7 +33,7 @@ def test_linear_probe_separable_classes_far_above_chance():
     result = linear_probe(blobs(60, 4, seed=1), blobs(40, 3, seed=2, first_id=1000), **FAST)
     assert result["metrics"]["top1"] > 0.9
     assert result["protocol"] == "linear probe, wd selected on val"
-    assert set(result["val_top1"]) == {"0", "0.0001", "0.001"}
+    assert set(result["val_top1"]) == {f"{w:g}" for w in LINEAR_WDS} and result["hparams"] == {"wd": result["wd"]}
     assert result["confusion"].sum() == 40
 
 
@@ -91,8 +85,8 @@ def test_linear_probe_wd_selection_never_sees_test(monkeypatch):
 
     test_ids = set(test.video_ids.tolist())
     touches_test = [bool(test_ids & set(fs.video_ids.tolist())) for _, fs in events]
-    assert [kind for kind, _ in events] == ["train", "score"] * 4
-    assert touches_test == [False] * 7 + [True]
+    assert [kind for kind, _ in events] == ["train", "score"] * (len(LINEAR_WDS) + 1)
+    assert touches_test == [False] * (2 * len(LINEAR_WDS) + 1) + [True]
     assert [len(fs) for kind, fs in events if kind == "train"][-1] == len(train)
 
     permuted = FeatureSet(np.random.default_rng(0).normal(size=test.features.shape), test.video_ids,

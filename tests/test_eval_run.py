@@ -8,7 +8,8 @@ from xkd.api import random_encoders
 from xkd.eval.run import EvalOptions, evaluate, evaluate_many
 from xkd.eval.tasks import tasks_for
 
-FAST = EvalOptions(train_clips=2, test_clips=1, num_workers=0, progress=False, linear_epochs=30, knn_k=5)
+FAST = EvalOptions(train_clips=2, test_clips=1, num_workers=0, progress=False, linear_epochs=30, knn_k=5,
+                   attentive_epochs=40)
 
 
 @pytest.fixture(scope="module")
@@ -18,10 +19,10 @@ def separable(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoders():
-    return random_encoders(tiny_config(), seed=0)
+    return random_encoders(tiny_config(), seed=3)
 
 
-@pytest.mark.parametrize("protocol", ["svm", "linear", "knn"])
+@pytest.mark.parametrize("protocol", ["svm", "linear", "attentive", "knn"])
 @pytest.mark.parametrize("modality", ["video", "audio", "av"])
 def test_protocols_find_a_separable_signal(separable, encoders, protocol, modality):
     tasks = tasks_for(str(separable), modality=modality)
@@ -75,14 +76,20 @@ def test_cli_eval_writes_json_markdown_and_confusion(separable, tmp_path, capsys
     save_weights_file(XKD(cfg), cfg, tmp_path / "weights.safetensors", step=0)
     common = ["--weights", str(tmp_path / "weights.safetensors"), "--dataset", str(separable), "--workers", "0",
               "--no-progress", "--train-clips", "1", "--test-clips", "1"]
-    assert main(["eval", "svm", *common, "--out", str(tmp_path / "svm")]) == 0
-    assert "C selected on val" in capsys.readouterr().out
-    result = json.loads((tmp_path / "svm" / "svm.json").read_text())
-    assert result["manifest video"]["summary"]["top1"]["mean"] > 0.9
+    assert main(["eval", "svm", *common, "--baseline", "--out", str(tmp_path / "svm")]) == 0
+    printed = capsys.readouterr().out
+    # teacher and student side by side, the independent baseline beside them, and the C each one chose
+    assert "| task (top-1 %, mean ± std over folds) | teacher | student | random init (seed 100003) |" in printed
+    assert "| manifest video | C=" in printed
+    for name in ("teacher", "student", "random_init"):
+        result = json.loads((tmp_path / "svm" / f"svm_{name}.json").read_text())
+        assert result["manifest video"]["summary"]["top1"]["mean"] > 0.9, name
+        assert "C selected on val" in (tmp_path / "svm" / f"svm_{name}.md").read_text()
+        assert result["manifest video"]["folds"][0]["standardized"] is True
     assert list((tmp_path / "svm").glob("*confusion.png"))
-    assert main(["eval", "svm", *common, "--paper-protocol", "--out", str(tmp_path / "paper")]) == 0
+    assert main(["eval", "svm", *common, "--role", "teacher", "--paper-protocol", "--out", str(tmp_path / "paper")]) == 0
     assert "paper (C selected on test)" in (tmp_path / "paper" / "svm.md").read_text()
     ft = ["--epochs", "1", "--ft-set", "batch_size=4", "--ft-set", "test_clips=1", "--ft-set", "test_crops=1",
           "--ft-set", "val_fraction=0"]
-    assert main(["eval", "finetune", *common, *ft, "--out", str(tmp_path / "ft")]) == 0
+    assert main(["eval", "finetune", *common, "--role", "student", *ft, "--out", str(tmp_path / "ft")]) == 0
     assert "fine-tune" in (tmp_path / "ft" / "finetune.md").read_text()

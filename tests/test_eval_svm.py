@@ -5,7 +5,8 @@ import pytest
 
 import xkd.eval.svm as svm_module
 from xkd.eval.features import FeatureSet, split_by_video
-from xkd.eval.svm import AUDIO_CS, PAPER_PROTOCOL, VAL_PROTOCOL, svm_protocol
+from xkd.eval.selection import edges
+from xkd.eval.svm import AUDIO_CS, PAPER_PROTOCOL, SVM_CS, VAL_PROTOCOL, svm_protocol
 
 from feature_fixtures import CLASS_NAMES, blobs, random_set
 
@@ -14,8 +15,8 @@ def test_separable_classes_score_far_above_chance():
     result = svm_protocol(blobs(60, 4, seed=1), blobs(40, 3, seed=2, first_id=1000))
     assert result["metrics"]["top1"] > 0.9
     assert result["protocol"] == VAL_PROTOCOL
-    assert result["C"] in (1e-3, 1e-2, 0.1, 1.0)
-    assert set(result["val_top1"]) == {"0.001", "0.01", "0.1", "1"}
+    assert result["C"] in SVM_CS and result["hparams"] == {"C": result["C"]} and result["standardized"]
+    assert set(result["val_top1"]) == {f"{C:g}" for C in SVM_CS}
     assert result["confusion"].sum() == 40 and np.trace(result["confusion"]) >= 36
     assert result["num_test_videos"] == 40
 
@@ -78,7 +79,7 @@ def test_default_C_selection_never_scores_the_test_split(monkeypatch):
 
     monkeypatch.setattr(svm_module, "LinearSVC", SpySVC)
     Cs = (1e-3, 1e-2, 0.1)
-    svm_protocol(train, test, Cs=Cs)
+    svm_protocol(train, test, Cs=Cs, standardize=False)  # raw rows, so the spy can recognise test rows
 
     test_rows = {row.tobytes() for row in test.features}
     train_rows = {row.tobytes() for row in train.features}
@@ -122,6 +123,33 @@ def test_paper_protocol_selects_C_on_test_and_says_so():
     assert result["metrics"]["top1"] == max(per_C.values())
     assert per_C[f"{result['C']:g}"] == result["metrics"]["top1"]
     assert "val_top1" not in result
+
+
+def test_features_are_standardised_by_default():
+    """One dimension carries the class at a tiny scale beside loud noise dimensions: standardised, it separates."""
+    rng = np.random.default_rng(0)
+
+    def tiny_signal(n, first_id):
+        labels = np.arange(n) % 2
+        features = np.concatenate([1e-3 * (labels[:, None] + 0.1 * rng.normal(size=(n, 1))),
+                                   0.01 * rng.normal(size=(n, 3))], axis=1)
+        return FeatureSet(features, np.arange(n) + first_id, labels, CLASS_NAMES[:2])
+
+    train, test = tiny_signal(80, 0), tiny_signal(40, 1000)
+    assert svm_protocol(train, test)["metrics"]["top1"] > 0.9
+    raw = svm_protocol(train, test, standardize=False, Cs=(1e-3, 1e-2, 0.1, 1.0))
+    assert raw["metrics"]["top1"] < 0.8 and not raw["standardized"]
+
+
+def test_a_C_at_the_edge_of_the_grid_is_reported(caplog):
+    train, test = blobs(40, 2, seed=17), blobs(20, 2, seed=18, first_id=1000)
+    result = svm_protocol(train, test, Cs=(1e-6,))
+    assert result["at_edge"] == []  # a one-value grid has no edge to move
+    with caplog.at_level("WARNING"):
+        result = svm_protocol(train, test, Cs=(1e-6, 1e-5))
+    assert result["at_edge"] == ["C"]
+    assert f"C={result['C']:g} was chosen at the edge of its grid" in caplog.text
+    assert edges({"C": 0.1}, {"C": SVM_CS}) == [] and edges({"C": 100.0}, {"C": SVM_CS}) == ["C"]
 
 
 def test_standardize_and_bad_arguments():

@@ -134,7 +134,7 @@ def test_eval_views_are_deterministic_and_skip_missing_modalities():
 def test_eval_views_with_svm_training_augmentation():
     mel = PowerMel(LogMelConfig(sample_rate=8000, n_fft=256, win_length=256, hop_length=125, n_mels=40))
     clip = random_clip(8, 32, 42, 16000)
-    views = EvalViews(mel, 8000, crop_size=24, augment=True)
+    views = EvalViews(mel, 8000, crop_size=24, train_view="strong")
     a, b, c = views(clip, gen(0)), views(clip, gen(0)), views(clip, gen(1))
     assert a["video"].shape == (3, 8, 24, 24) and a["audio"].shape == (1, 40, 129)
     assert torch.equal(a["video"], b["video"]) and not torch.allclose(a["video"], c["video"])
@@ -145,4 +145,26 @@ def test_eval_views_with_svm_training_augmentation():
     with pytest.raises(ValueError):
         views(clip)
     with pytest.raises(ValueError):
-        EvalViews(mel, 8000, augment=True, three_crop=True)
+        EvalViews(mel, 8000, train_view="mild", three_crop=True)
+    with pytest.raises(ValueError, match="train_view"):
+        EvalViews(mel, 8000, train_view="heavy")
+
+
+def test_mild_training_view_is_the_test_view_jittered():
+    """The classifier's default training view: no colour change, a small zoom / shift of the test crop, flips only
+    when the task allows them."""
+    mel = PowerMel(LogMelConfig(sample_rate=8000, n_fft=256, win_length=256, hop_length=125, n_mels=40))
+    clip = random_clip(8, 32, 42, 16000)
+    test = EvalViews(mel, 8000, crop_size=24, short_side=28)(clip)["video"]
+    whole = EvalViews(mel, 8000, crop_size=24, short_side=28, train_view="mild", crop_scale=(1.0, 1.0), flip=False)
+    assert torch.allclose(whole(clip, gen(0))["video"], test, atol=1e-5)  # scale 1, no flip: the test view itself
+    mild = EvalViews(mel, 8000, crop_size=24, short_side=28, train_view="mild", crop_scale=(0.8, 1.0), flip=False)
+    views = [mild(clip, gen(k))["video"] for k in range(8)]
+    assert all(v.shape == test.shape for v in views) and not torch.allclose(views[0], views[1])
+    # colours stay: every view's per-channel mean is close to the test view's (a strong view's jitter is not)
+    for v in views:
+        assert torch.allclose(v.mean(dim=(1, 2, 3)), test.mean(dim=(1, 2, 3)), atol=0.25)
+    # flips: the mirror image of a zoomed test crop appears only with flip=True
+    flipping = EvalViews(mel, 8000, crop_size=24, short_side=28, train_view="mild", crop_scale=(1.0, 1.0), flip=True)
+    flipped = [torch.allclose(flipping(clip, gen(k))["video"], test.flip(-1), atol=1e-5) for k in range(16)]
+    assert 0 < sum(flipped) < 16

@@ -184,11 +184,14 @@ def _cmd_pretrain(args) -> int:
     from xkd.config import PretrainConfig, load_config
     from xkd.engine.pretrain import pretrain
 
-    cfg = load_config(PretrainConfig, args.config, args.set)
+    steps = [f"optim.steps={args.steps}"] if args.steps is not None else []
+    cfg = load_config(PretrainConfig, args.config, args.set + steps)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
     summary = pretrain(cfg, out, resume=args.resume, max_steps=args.max_steps, progress=not args.no_progress)
     final = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items() if k in ("loss", "ae", "kd", "da"))
-    print(f"done: {summary['steps']} steps ({final}); weights: {summary['weights']}")
+    early = (f", STOPPED EARLY at step {summary['steps']} of the {summary['schedule_steps']}-step schedule"
+             if summary["stopped_early"] else "")
+    print(f"done: {summary['steps']} steps{early} ({final}); weights: {summary['weights']}")
     return 0
 
 
@@ -205,18 +208,24 @@ def _pretrain_parser(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set optim.lr=3e-4 (repeatable)")
     p.add_argument("--out", default=None, help="run folder (default: runs/<config name>)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (smoke runs)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="schedule length in optimiser steps (optim.steps): learning rate, weight decay, EMA momentum "
+                        "and temperature warm-up span exactly this many steps (None = the config's epochs)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop early after this many steps of the schedule (smoke runs; the run says it stopped early)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_pretrain)
 
 
 # ------------------------------------------------------------------------------------------- extract and eval
-def _weights_args(p: argparse.ArgumentParser) -> None:
+def _weights_args(p: argparse.ArgumentParser, both: bool = False) -> None:
     p.add_argument("--weights", required=True,
                    help="weights.safetensors, a run folder, or official XKD *.pth.tar files (file or folder)")
-    p.add_argument("--role", choices=("auto", "teacher", "student"), default="auto",
-                   help="which encoders: the EMA teachers, the students, or auto (teachers when present)")
+    roles = ("both", "auto", "teacher", "student") if both else ("auto", "teacher", "student")
+    p.add_argument("--role", choices=roles, default=roles[0],
+                   help="which encoders: the EMA teachers, the students, auto (teachers when present)"
+                        + (", or both (teachers and students, side by side)" if both else ""))
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
@@ -226,16 +235,36 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
                         "--set data.clip_duration=2.0 (repeatable)")
 
 
-def _load_encoders(args):
-    import xkd
+def _with_overrides(encoders, args):
     from xkd.config_io import apply_overrides
 
-    encoders = xkd.load(args.weights, role=args.role, device=args.device)
     bad = [s for s in args.set if not s.startswith("data.")]
     if bad:
         raise ValueError(f"--set here changes only data.* keys (the input pipeline), got {bad}")
     encoders.config = apply_overrides(encoders.config, args.set, source=f"{args.weights} config")
     return encoders
+
+
+def _load_encoders(args):
+    import xkd
+
+    return _with_overrides(xkd.load(args.weights, role=args.role, device=args.device), args)
+
+
+def _load_models(args) -> dict:
+    """name -> Encoders: the roles asked for (teacher and student side by side with --role both), and with
+    --baseline a random-init encoder of the same architecture from its own seed."""
+    from xkd.api import baseline_seed, load_roles, random_encoders
+
+    models = {role: _with_overrides(enc, args) for role, enc in load_roles(args.weights, args.role, args.device).items()}
+    first = next(iter(models.values()))
+    for enc in models.values():
+        if enc.stopped_early:
+            print(f"warning: {enc.describe()}", file=sys.stderr)
+    if args.baseline:
+        seed = baseline_seed(first.config.run.seed)
+        models[f"random init (seed {seed})"] = random_encoders(first.config, seed, device=args.device)
+    return models
 
 
 def _cmd_extract(args) -> int:
@@ -277,15 +306,13 @@ def _extract_parser(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from xkd.eval.run import EvalOptions, evaluate, save_report
+    from xkd.eval.report import comparison_table
+    from xkd.eval.run import EvalOptions, evaluate_many, save_report
     from xkd.eval.tasks import tasks_for
 
-    encoders = _load_encoders(args)
+    models = _load_models(args)
     tasks = tasks_for(args.dataset, fold=args.fold, label_column=args.label_column, modality=args.modality,
-                      task=args.task)
-    opts = EvalOptions(train_clips=args.train_clips, test_clips=args.test_clips, paper_protocol=args.paper_protocol,
-                       seed=args.seed, batch_size=args.batch_size, num_workers=args.workers,
-                       progress=not args.no_progress, linear_epochs=args.epochs)
+                      task=args.task, split=args.split)
     if args.protocol == "finetune":
         from xkd.config_io import apply_overrides
         from xkd.eval.finetune import finetune_recipe
@@ -296,40 +323,72 @@ def _cmd_eval(args) -> int:
         base = [f"epochs={args.epochs}", f"warmup_epochs={min(recipe.warmup_epochs, args.epochs)}",
                 f"seed={args.seed}", f"num_workers={args.workers}", f"device={device}"]
         ft = apply_overrides(recipe, base + args.ft_set, source=f"fine-tuning recipe {args.recipe}")
-        results = finetune_tasks(encoders, tasks, ft, out_dir=args.out, progress=not args.no_progress)
+        results = {name: finetune_tasks(enc, tasks, ft, out_dir=Path(args.out) / name, progress=not args.no_progress)
+                   for name, enc in models.items()}
     else:
-        results = evaluate(encoders, tasks, args.protocol, opts)
-    paths = save_report(results, args.out, args.protocol)
-    print(Path(paths["markdown"]).read_text())
-    print(f"results: {paths['json']}")
+        opts = EvalOptions(train_clips=args.train_clips, test_clips=args.test_clips, train_view=args.train_view,
+                           crop_scale=tuple(args.crop_scale), standardize=not args.no_standardize,
+                           paper_protocol=args.paper_protocol, seed=args.seed, batch_size=args.batch_size,
+                           num_workers=args.workers, progress=not args.no_progress, linear_epochs=args.epochs)
+        if args.cs:
+            opts.svm_cs = tuple(args.cs)
+        results = evaluate_many(models, tasks, args.protocol, opts)
+    for name, res in results.items():
+        stem = args.protocol if len(results) == 1 else f"{args.protocol}_{name.split(' (')[0].replace(' ', '_')}"
+        paths = save_report(res, args.out, stem)
+        print(f"{name}: {paths['json']}")
+    print(f"\n{args.protocol} on the {args.split} split of {args.dataset}\n")
+    print(comparison_table(results, [t.name for t in tasks]))
     return 0
 
 
 def _eval_parser(sub) -> None:
-    from xkd.eval.run import PROTOCOLS
+    from xkd.eval.run import PROTOCOLS, EvalOptions
 
+    defaults = EvalOptions()
     p = _add(
         sub,
         "eval",
         "evaluate frozen or fine-tuned encoders on a dataset",
-        "Protocols: svm (LinearSVC; C chosen on a val split carved from train; --paper-protocol picks C on test as\n"
-        "the original code did, and says so), linear (linear probe; mAP for multi-label sets), knn, retrieval\n"
-        "(audio <-> video R@1/5/10), finetune (end-to-end). Datasets: a manifest CSV, LAYOUT:ROOT (ucf101 and\n"
-        "hmdb51: 3 official splits; esc50: 5 folds; fsd50k; kinetics400; kinetics_sound), or av-digits[:DIR]\n"
-        "(video digit, video motion, audio digit leave-one-voice-out, audio+video digit). Writes PROTOCOL.json,\n"
-        "PROTOCOL.md (mean ± std over folds) and confusion-matrix PNGs into --out.",
+        "Protocols: svm (LinearSVC on standardised features; C chosen on a val split carved from train;\n"
+        "--paper-protocol reproduces the original reporting: strongly augmented training clips, raw features, C\n"
+        "picked on test, and says so), linear (linear probe; mAP for multi-label sets), attentive (a cross-attention\n"
+        "pooling probe over the frozen patch tokens), knn, retrieval (audio <-> video R@1/5/10), finetune\n"
+        "(end-to-end). Datasets: a manifest CSV, LAYOUT:ROOT (ucf101 and hmdb51: 3 official splits; esc50: 5 folds;\n"
+        "fsd50k; kinetics400; kinetics_sound), or av-digits[:DIR] (video digit, video motion, audio digit\n"
+        "leave-one-voice-out, audio+video digit). Teachers and students are evaluated side by side (--role both);\n"
+        "--baseline adds a random-init encoder from its own seed. Writes PROTOCOL[_MODEL].json, .md (mean ± std over\n"
+        "folds, chosen settings) and confusion-matrix PNGs into --out. Choose settings with --split val; report\n"
+        "--split test once.",
     )
     p.add_argument("protocol", choices=PROTOCOLS, help="evaluation protocol")
-    _weights_args(p)
+    _weights_args(p, both=True)
+    p.add_argument("--baseline", action="store_true",
+                   help="also evaluate a random-init encoder of the same architecture (seed: the pretraining seed "
+                        "+ 100003, never the pretraining seed)")
     p.add_argument("--dataset", required=True, help="manifest CSV, LAYOUT:ROOT, or av-digits[:DIR]")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="the split scored: test, or val (train rows against val rows, for choosing settings)")
     p.add_argument("--fold", type=int, default=None, help="run one fold only (default: every fold)")
     p.add_argument("--task", default=None, help="run one task only, e.g. 'video motion' for av-digits")
     p.add_argument("--modality", choices=("video", "audio", "av"), default=None,
                    help="video, audio, or av (fusion); default video (av-digits: all its tasks)")
     p.add_argument("--label-column", default="label", help="manifest column holding the labels")
-    p.add_argument("--train-clips", type=int, default=5, help="augmented clips per training video (paper: 25)")
-    p.add_argument("--test-clips", type=int, default=3, help="uniform clips per test video, scores averaged")
-    p.add_argument("--paper-protocol", action="store_true", help="SVM: select C on the test split (labelled)")
+    p.add_argument("--train-clips", type=int, default=defaults.train_clips,
+                   help="random training clips per training video (paper: 25)")
+    p.add_argument("--test-clips", type=int, default=defaults.test_clips,
+                   help="uniform clips per test video, scores averaged")
+    p.add_argument("--train-view", choices=("mild", "strong"), default=defaults.train_view,
+                   help="training clips: mild = the test view with a small random zoom / shift (and flips where "
+                        "the labels allow), strong = the original SVM augmentation (crop 8-100%%, colour jitter, gray)")
+    p.add_argument("--crop-scale", type=float, nargs=2, default=list(defaults.crop_scale), metavar=("LO", "HI"),
+                   help="the mild view's random zoom, as an area fraction of the test crop")
+    p.add_argument("--no-standardize", action="store_true", help="SVM: do not standardise the features")
+    p.add_argument("--cs", type=float, nargs="+", default=None,
+                   help=f"SVM: the C grid searched on the val split (default {' '.join(f'{c:g}' for c in defaults.svm_cs)})")
+    p.add_argument("--paper-protocol", action="store_true",
+                   help="SVM: the original reporting (strong training views, raw features, C selected on test; "
+                        "labelled)")
     p.add_argument("--epochs", type=int, default=100, help="linear-probe / fine-tuning epochs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--recipe", default="ucf101", choices=("ucf101", "hmdb51", "k400", "esc50", "fsd50k"),
@@ -387,20 +446,22 @@ def _ablations_parser(sub) -> None:
         sub,
         "ablations",
         "the XKD paper's ablations on AV-Digits over several seeds, as one table (docs/REPRODUCTION.md)",
-        "Pretrain every variant with the AV-Digits CPU recipes for each seed into <out>/<variant>/seed<k>, evaluate\n"
-        "each seed's models and a random-init encoder with the linear SVM on the four AV-Digits tasks, and write\n"
-        "<out>/table.md (top-1, mean ± sample std over seeds), results.json and timings.json. Finished runs and\n"
+        "Pretrain every variant with the AV-Digits CPU recipes for each seed into <out>/<variant>/seed<k>, each a\n"
+        "complete schedule of --steps steps, evaluate each seed's models (teachers and students) and a random-init\n"
+        "encoder (its own seed) with the linear SVM on the four AV-Digits tasks, and write <out>/table.md (top-1,\n"
+        "mean ± sample std over seeds, and the C chosen), results.json and timings.json. Finished runs and\n"
         "evaluations are reused; interrupted runs resume.\n\nvariants:\n"
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
     p.add_argument("--data", default="data/av-digits", help="AV-Digits folder (built there if missing)")
-    p.add_argument("--steps", type=int, default=150, help="pretraining steps per run")
+    p.add_argument("--steps", type=int, default=150, help="pretraining steps per run: the length of its schedule")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
     p.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,
                    help="a subset of the variants (default: all)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
-    p.add_argument("--train-clips", type=int, default=1, help="augmented SVM training clips per video")
+    p.add_argument("--train-clips", type=int, default=1,
+                   help="SVM training clips per video (AV-Digits clips are whole videos: more clips repeat the view)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every run (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -303,6 +303,31 @@ class VideoView:
         return torch.rand((), generator=generator).item() < p
 
 
+class MildVideoView:
+    """The classifier's training view (evaluation protocols): the test view (short side resized, centre crop) with a
+    small random zoom and shift, and a horizontal flip when the labels allow it.
+
+    ``view(video, generator)``: video uint8 [T, H, W, 3] -> float [3, T, S, S]. Inside the S x S centre crop a box of
+    area fraction ~U(``crop_scale``) and aspect ratio in (3/4, 4/3) is resized back to S; ``flip`` flips with
+    probability 0.5. No colour change, so training clips look like test clips.
+    """
+
+    def __init__(self, crop_size: int, mean: Sequence[float], std: Sequence[float], short_side: int | None = None,
+                 crop_scale: Sequence[float] = (1.0, 1.0), flip: bool = True):
+        self.test_view = EvalVideoView(crop_size, mean, std, short_side=short_side)
+        self.crop_scale = tuple(crop_scale)
+        self.flip = flip
+
+    def __call__(self, video: Tensor, generator: torch.Generator) -> Tensor:
+        x = self.test_view(video)  # [3, T, S, S], normalised: cropping and flipping commute with the normalisation
+        size = x.shape[-1]
+        box = random_resized_crop_params(size, size, self.crop_scale, (3 / 4, 4 / 3), generator)
+        x = resize(crop(x, *box), (size, size))
+        if torch.rand((), generator=generator).item() < (0.5 if self.flip else 0.0):
+            x = hflip(x)
+        return x
+
+
 class EvalVideoView:
     """Deterministic test view: resize the short side, then a centre crop (or three crops along the long side).
 

@@ -14,7 +14,9 @@ from torch import Tensor
 
 from xkd.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
 from xkd.data.audio_views import AudioView, EvalAudioView, LogMel, svm_train_audio_view
-from xkd.data.video_views import EvalVideoView, VideoView, svm_train_video_config
+from xkd.data.video_views import EvalVideoView, MildVideoView, VideoView, svm_train_video_config
+
+TRAIN_VIEWS = ("mild", "strong")  # the classifier's training views: EvalViews(train_view=...)
 
 
 class PretrainViews:
@@ -56,10 +58,12 @@ class EvalViews:
 
     ``views(clip, generator=None)`` returns ``dict(video=..., audio=...)``; a modality whose attribute is None
     (e.g. ESC-50 has no video) is left out.
-    - test (``augment=False``): video centre view [3, T, S, S] (or [3, 3, T, S, S] with ``three_crop``, see
+    - test (``train_view=None``): video centre view [3, T, S, S] (or [3, 3, T, S, S] with ``three_crop``, see
       :class:`EvalVideoView`) and audio log-mel [1, F, T_a]; deterministic.
-    - SVM training (``augment=True``, needs a generator): video RRC scale (0.08, 1), flip, jitter, gray p=0.2;
-      audio volume jitter ``1 -+ volume_jitter`` on the whole window.
+    - classifier training views (need a generator), audio volume jitter ``1 -+ volume_jitter`` on the whole window:
+      ``"mild"``: the test view with a small random zoom / shift (``crop_scale`` of its area) and a flip when
+      ``flip`` (:class:`MildVideoView`); ``"strong"``: the original SVM augmentation, RRC scale (0.08, 1), flip,
+      colour jitter, gray p=0.2 (spec §A10).
     """
 
     def __init__(
@@ -71,14 +75,21 @@ class EvalViews:
         std: Sequence[float] = IMAGENET_STD,
         short_side: int | None = None,
         three_crop: bool = False,
-        augment: bool = False,
+        train_view: str | None = None,
+        flip: bool = True,
+        crop_scale: Sequence[float] = (1.0, 1.0),
         volume_jitter: float = 0.1,
     ):
-        if augment and three_crop:
-            raise ValueError("three_crop is a test-time view; it cannot be combined with augment")
-        self.augment = augment
-        if augment:
+        if train_view is not None and train_view not in TRAIN_VIEWS:
+            raise ValueError(f"train_view must be None or one of {TRAIN_VIEWS}, got {train_view!r}")
+        if train_view and three_crop:
+            raise ValueError("three_crop is a test-time view; it cannot be combined with a training view")
+        self.augment = train_view is not None
+        if train_view == "strong":
             self.video_view = VideoView(svm_train_video_config(crop_size), mean, std)
+        elif train_view == "mild":
+            self.video_view = MildVideoView(crop_size, mean, std, short_side, crop_scale, flip)
+        if self.augment:
             self.audio_view = svm_train_audio_view(logmel, sample_rate, volume_jitter)
         else:
             self.video_view = EvalVideoView(crop_size, mean, std, short_side=short_side, three_crop=three_crop)

@@ -1,7 +1,8 @@
 """Feature extraction: decode clips of every row of a manifest, encode them, and keep or stream the features.
 
-Each row gives ``clips_per_video`` clips (uniformly spaced windows, or random augmented ones for SVM training sets,
-spec §A10). A file that cannot be decoded is reported with its reason and left out; it never stops the run.
+Each row gives ``clips_per_video`` clips (uniformly spaced test windows, or random windows seen through a classifier
+training view, spec §A10). Features are pooled clip vectors, or the patch tokens for the attentive probe. A file that
+cannot be decoded is reported with its reason and left out; it never stops the run.
 """
 
 from __future__ import annotations
@@ -38,8 +39,12 @@ class ExtractOptions:
     """How clips are drawn and batched."""
 
     clips_per_video: int = 1
-    augment: bool = False  # random windows with the SVM training augmentation (spec §A10)
+    train_view: str | None = None  # None = test clips (uniform windows); "mild" / "strong": random windows seen
+    # through a classifier training view (xkd.data.views.EvalViews)
+    flip: bool = True  # training views may flip horizontally (off where labels depend on left / right)
+    crop_scale: tuple[float, float] = (1.0, 1.0)  # the mild view's random zoom (area fraction of the test crop)
     three_crop: bool = False  # left / centre / right crops of each test clip, kept as extra clips
+    tokens: bool = False  # patch tokens [N, D] per clip (float16) instead of their mean [D]
     seed: int = 0
     batch_size: int = 16
     num_workers: int = 2
@@ -111,7 +116,8 @@ def _shared_config(models: Mapping[str, Encoders]):
 def iterate_features(
     models: Mapping[str, Encoders] | Encoders, manifest: Manifest, modalities: Sequence[str], opts: ExtractOptions
 ) -> Iterator[tuple[np.ndarray, np.ndarray, dict[str, dict[str, np.ndarray]], list[tuple[str, str]]]]:
-    """Yield ``(rows [n], clips [n], {model: {modality: features [n, D]}}, failed files)`` batch by batch.
+    """Yield ``(rows [n], clips [n], {model: {modality: features [n, D] or tokens [n, N, D]}}, failed files)`` batch
+    by batch.
 
     Each clip is decoded once and encoded by every model (``models``: name -> encoders, or one :class:`Encoders`,
     named "model"); a model without an encoder for a modality is skipped for it.
@@ -129,7 +135,9 @@ def iterate_features(
         std=cfg.data.video_std,
         short_side=cfg.data.resize_short if not opts.three_crop else None,
         three_crop=opts.three_crop,
-        augment=opts.augment,
+        train_view=opts.train_view,
+        flip=opts.flip,
+        crop_scale=opts.crop_scale,
     )
     dataset = ClipDataset(
         manifest,
@@ -142,7 +150,7 @@ def iterate_features(
         missing_audio=opts.missing_audio,
         bad_media="error",
         clips_per_video=opts.clips_per_video,
-        clip_sampling="random" if opts.augment else "uniform",
+        clip_sampling="random" if opts.train_view else "uniform",
         transform=views,
         seed=opts.seed,
     )
@@ -161,11 +169,11 @@ def iterate_features(
                 if getattr(enc, modality) is None:
                     continue
                 x = batch[modality]
-                if modality == "video":  # [B, crops, 3, T, S, S] with three_crop
-                    f = enc.encode_video(x.flatten(0, 1) if crops > 1 else x).reshape(len(rows), crops, -1)
+                if modality == "video":  # [B, crops, 3, T, S, S] with three_crop: crops of a clip are consecutive
+                    f = enc.encode_video(x.flatten(0, 1) if crops > 1 else x, tokens=opts.tokens)
                 else:  # one audio view per clip, repeated for each video crop
-                    f = enc.encode_audio(x).unsqueeze(1).expand(-1, crops, -1)
-                feats[modality] = f.reshape(len(rows) * crops, -1).cpu().numpy()
+                    f = enc.encode_audio(x, tokens=opts.tokens).repeat_interleave(crops, dim=0)
+                feats[modality] = f.cpu().numpy().astype(np.float16 if opts.tokens else np.float32)
             out[name] = feats
         clip_ids = np.repeat(clips * crops, crops) + np.tile(np.arange(crops), len(rows))
         yield np.repeat(rows, crops), clip_ids, out, batch["failed"]

@@ -1,7 +1,8 @@
 """Extracted features as the evaluation protocols consume them: one row per clip, grouped by source video.
 
-A :class:`FeatureSet` holds ``features: [N, D]`` for N clips, the id of the video each clip came from, and the labels
-(``[N]`` class indices, or ``[N, C]`` multi-hot for multi-label sets such as FSD50K). Several clips of one video share
+A :class:`FeatureSet` holds ``features: [N, D]`` for N clips (or patch tokens ``[N, K, D]`` for the attentive probe),
+the id of the video each clip came from, and the labels (``[N]`` class indices, or ``[N, C]`` multi-hot for
+multi-label sets such as FSD50K). Several clips of one video share
 its id, so protocols can average clip scores per video and keep all clips of a video on one side of a split.
 
 ``.npz`` files written by :meth:`FeatureSet.save` are plain numpy (``features``, ``video_ids``, ``labels``,
@@ -39,8 +40,8 @@ def _clip_index(video_ids: np.ndarray) -> np.ndarray:
 class FeatureSet:
     """Clip features with their video ids and labels.
 
-    features: [N, D] float32; video_ids: [N] int; labels: [N] int class indices or [N, C] multi-hot (0/1);
-    class_names: C names, index-aligned with the labels.
+    features: [N, D] float32, or patch tokens [N, K, D] (float16 kept, to halve their memory); video_ids: [N] int;
+    labels: [N] int class indices or [N, C] multi-hot (0/1); class_names: C names, index-aligned with the labels.
     """
 
     features: np.ndarray
@@ -49,13 +50,15 @@ class FeatureSet:
     class_names: list[str]
 
     def __post_init__(self) -> None:
-        self.features = np.asarray(self.features, dtype=np.float32)
+        features = np.asarray(self.features)
+        self.features = features if features.dtype == np.float16 and features.ndim == 3 else features.astype(
+            np.float32, copy=False)
         self.video_ids = np.asarray(self.video_ids, dtype=np.int64)
         labels = np.asarray(self.labels)
         self.class_names = [str(name) for name in self.class_names]
         n = len(self.features)
-        if self.features.ndim != 2:
-            raise ValueError(f"features must be [N, D], got shape {self.features.shape}")
+        if self.features.ndim not in (2, 3):
+            raise ValueError(f"features must be [N, D] (or tokens [N, K, D]), got shape {self.features.shape}")
         if self.video_ids.shape != (n,):
             raise ValueError(f"video_ids must be [{n}], got shape {self.video_ids.shape}")
         if labels.ndim == 1:
@@ -132,6 +135,8 @@ def fuse(a: FeatureSet, b: FeatureSet) -> FeatureSet:
     """
     if a.class_names != b.class_names:
         raise ValueError("cannot fuse feature sets with different class names")
+    if a.features.ndim != 2 or b.features.ndim != 2:
+        raise ValueError("fuse takes pooled features [N, D]; the attentive probe takes the tokens of each modality")
     key_a = np.stack([a.video_ids, _clip_index(a.video_ids)], axis=1)
     key_b = np.stack([b.video_ids, _clip_index(b.video_ids)], axis=1)
     order_a = np.lexsort(key_a.T[::-1])

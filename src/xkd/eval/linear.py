@@ -2,8 +2,9 @@
 
 Single-label sets (e.g. Kinetics) use cross-entropy and top-1; multi-label sets (FSD50K) use binary cross-entropy,
 dropout 0.3 and mAP. As in MAE's linear probe, a BatchNorm without affine parameters may whiten the features first.
-When several weight decays are given, the best one is chosen on a validation split carved from the training set,
-then the head is retrained on the whole training set; the test split is only used by that final head.
+When several weight decays are given (default :data:`LINEAR_WDS`), the best one is chosen on a validation split carved
+from the training set (:mod:`xkd.eval.selection`; a choice at the edge of the grid is reported), then the head is
+retrained on the whole training set; the test split is only used by that final head.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from xkd.eval.features import FeatureSet, split_by_video
+from xkd.eval.features import FeatureSet
 from xkd.eval.metrics import evaluate_clip_scores
+from xkd.eval.selection import edges, select_on_val, warn_edges
+
+LINEAR_WDS = (0.0, 1e-4, 1e-3, 1e-2, 0.1, 1.0)  # AdamW weight decays of the head, selected on val
 
 
 class LinearHead(nn.Module):
@@ -95,7 +99,7 @@ def linear_probe(
     test: FeatureSet,
     epochs: int = 100,
     lr: float = 0.01,
-    wd: float | Sequence[float] = (0.0, 1e-4, 1e-3),
+    wd: float | Sequence[float] = LINEAR_WDS,
     batch_size: int = 256,
     warmup_epochs: int = 10,
     val_fraction: float = 0.2,
@@ -109,9 +113,10 @@ def linear_probe(
     wd: one weight decay, or several: then each is trained on a video-grouped val split carved from ``train`` and
     the one with the best val top-1 (mAP for multi-label; ties to the earlier value) is retrained on all of ``train``.
     dropout: None means 0.3 for multi-label sets (the FSD50K recipe) and 0 otherwise.
-    Returns ``protocol``, ``wd``, ``metrics`` (single-label: top1, top5 with more than 5 classes, clip_top1, plus
-    ``predictions`` and ``confusion``; multi-label: mAP, clip_mAP) and, when wd was chosen, ``val_<metric>`` per
-    candidate.
+    Returns ``protocol``, ``wd``, ``hparams`` ({"wd": wd}), ``at_edge`` (["wd"] when the chosen wd ends the grid;
+    0 counts as no edge, there is nothing below it), ``metrics`` (single-label: top1, top5 with more than 5 classes,
+    clip_top1, plus ``predictions`` and ``confusion``; multi-label: mAP, clip_mAP) and, when wd was chosen,
+    ``val_<metric>`` per candidate.
     """
     if train.class_names != test.class_names or train.multilabel != test.multilabel:
         raise ValueError("train and test must have the same classes and label kind")
@@ -123,17 +128,21 @@ def linear_probe(
     def fit(fs: FeatureSet, weight_decay: float) -> LinearHead:
         return train_head(fs, epochs, lr, weight_decay, batch_size, warmup_epochs, batchnorm, dropout, seed, device)
 
+    def val_score(fit_part: FeatureSet, val: FeatureSet, weight_decay: float) -> float:
+        return evaluate_clip_scores(head_scores(fit(fit_part, weight_decay), val, device), val)["metrics"][metric]
+
     result_extra = {}
+    at_edge: list[str] = []
     if len(wds) > 1:
-        fit_part, val = split_by_video(train, val_fraction, seed)
-        val_scores = {w: evaluate_clip_scores(head_scores(fit(fit_part, w), val, device), val)["metrics"][metric]
-                      for w in wds}
-        best_wd = max(wds, key=val_scores.__getitem__)
+        best_wd, scores = select_on_val(train, wds, val_score, val_fraction, seed)
         protocol = "wd selected on val"
-        result_extra[f"val_{metric}"] = {f"{w:g}": score for w, score in val_scores.items()}
+        result_extra[f"val_{metric}"] = {f"{w:g}": score for w, score in zip(wds, scores)}
+        at_edge = [name for name in edges({"wd": best_wd}, {"wd": wds}) if best_wd > 0]
+        warn_edges("linear probe", {"wd": best_wd}, at_edge)
     else:
         best_wd = wds[0]
         protocol = "fixed hyper-parameters"
     result = evaluate_clip_scores(head_scores(fit(train, best_wd), test, device), test)
-    result.update(protocol=f"linear probe, {protocol}", wd=best_wd, epochs=epochs, lr=lr, **result_extra)
+    result.update(protocol=f"linear probe, {protocol}", wd=best_wd, hparams={"wd": best_wd}, at_edge=at_edge,
+                  epochs=epochs, lr=lr, **result_extra)
     return result

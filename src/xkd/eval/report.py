@@ -35,6 +35,9 @@ def run_folds(fn: Callable[[Any], dict], folds: Sequence[Any], ddof: int = 0) ->
         summary[name] = {"mean": mean, "std": std, "values": values}
     protocols = list(dict.fromkeys(str(r.get("protocol", "")) for r in per_fold))
     result = {"protocol": "; ".join(protocols), "folds": per_fold, "summary": summary, "ddof": ddof}
+    if all("hparams" in r for r in per_fold):
+        result["hparams"] = {name: [r["hparams"][name] for r in per_fold] for name in per_fold[0]["hparams"]}
+        result["at_edge"] = sorted({name for r in per_fold for name in r.get("at_edge", [])})
     if all("confusion" in r for r in per_fold):
         result["confusion"] = np.sum([r["confusion"] for r in per_fold], axis=0)
         result["class_names"] = per_fold[0]["class_names"]
@@ -83,6 +86,38 @@ def markdown_table(results: Mapping[str, dict]) -> str:
         cells = [_cell(result, m) for m in metrics]
         lines.append(f"| {row} | {result.get('protocol', '')} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def chosen_settings(result: dict) -> str:
+    """The hyper-parameters a protocol chose, e.g. 'C=0.1' or 'C=0.01 (3), 0.1 (2)' over folds; '!' marks a value
+    chosen at the edge of its grid. '' when the protocol chose none."""
+    hparams = result.get("hparams") or {}
+    at_edge = set(result.get("at_edge", []))
+    parts = []
+    for name, values in hparams.items():
+        values = values if isinstance(values, list) else [values]
+        counts = {v: values.count(v) for v in dict.fromkeys(values)}
+        text = ", ".join(f"{v:g}" + (f" ({n})" if len(counts) > 1 else "") for v, n in counts.items())
+        parts.append(f"{name}={text}" + (" (edge!)" if name in at_edge else ""))
+    return "; ".join(parts)
+
+
+def comparison_table(results: Mapping[str, Mapping[str, dict]], tasks: Sequence[str], metric: str = "top1",
+                     what: str = "top-1 %") -> str:
+    """Markdown: one row per task, one column per model (``results``: model -> task -> :func:`run_folds` result),
+    cells '<mean> ± <std>' over folds in percent, then a second table of the settings each protocol chose."""
+    models = list(results)
+    lines = [f"| task ({what}, mean ± std over folds) | " + " | ".join(models) + " |",
+             "|---|" + "---:|" * len(models)]
+    settings = ["| chosen settings | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+    any_chosen = False
+    for task in tasks:
+        cells = [_cell(results[m][task], metric) if task in results[m] else "–" for m in models]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+        chosen = [chosen_settings(results[m][task]) if task in results[m] else "" for m in models]
+        any_chosen = any_chosen or any(chosen)
+        settings.append(f"| {task} | " + " | ".join(c or "–" for c in chosen) + " |")
+    return "\n".join(lines) + ("\n\n" + "\n".join(settings) if any_chosen else "")
 
 
 def _slug(text: str) -> str:

@@ -8,7 +8,11 @@ A dataset is given as
   ``fsd50k``, ``kinetics400``, ``kinetics_sound``: their train/test splits);
 - ``av-digits`` or ``av-digits:DIR``: four tasks, video digit and video motion (image-index split), audio digit
   (leave-one-voice-out: train on the train split of four voices, test on the test split of the fifth) and audio+video
-  digit (the same folds, features of both modalities fused).
+  digit (the same folds, features of both modalities fused). Their labels depend on left and right (motions, digits),
+  so their classifier training views never flip.
+
+``split="val"`` scores the validation split instead of the test split (train on ``train`` rows, score ``val`` rows): the
+split on which evaluation defaults and recipes are chosen. Datasets without a ``val`` split refuse it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Task:
     label_column: str
     modality: str
     folds: list[Fold] = field(default_factory=list)
+    flip: bool = True  # whether a horizontally flipped clip keeps its label (classifier training views may flip)
 
     @property
     def multilabel(self) -> bool:
@@ -75,8 +80,21 @@ def _select(fold: int | None, folds: list[Fold]) -> list[Fold]:
     return chosen
 
 
-def split_or_fold_folds(manifest: Manifest, fold: int | None = None) -> list[Fold]:
-    """Train/test by the split column when a test split exists, else leave-one-fold-out over the fold column."""
+def _val_split(manifest: Manifest, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(train mask, val mask) of a manifest with ``train`` and ``val`` splits."""
+    splits = np.array([r.split for r in manifest])
+    if not (splits == "val").any() or not (splits == "train").any():
+        raise ValueError(f"{source} has no 'val' (and 'train') split to score: use split='test', whose "
+                         "hyper-parameters are already chosen on a val split carved from the training rows")
+    return splits == "train", splits == "val"
+
+
+def split_or_fold_folds(manifest: Manifest, fold: int | None = None, split: str = "test") -> list[Fold]:
+    """Train/test by the split column when a test split exists, else leave-one-fold-out over the fold column;
+    ``split="val"``: train rows against val rows."""
+    if split == "val":
+        train, val = _val_split(manifest, "the manifest")
+        return _select(fold, [Fold("val", np.flatnonzero(train), np.flatnonzero(val))])
     splits = np.array([r.split for r in manifest])
     if (splits == "test").any():
         return _select(fold, [Fold("test", np.flatnonzero(splits != "test"), np.flatnonzero(splits == "test"))])
@@ -87,19 +105,22 @@ def split_or_fold_folds(manifest: Manifest, fold: int | None = None) -> list[Fol
     return _select(fold, out)
 
 
-def avdigits_tasks(root: Path, fold: int | None = None) -> list[Task]:
+def avdigits_tasks(root: Path, fold: int | None = None, split: str = "test") -> list[Task]:
     manifest = read_manifest(root / "manifest.csv")
     splits = np.array([r.split for r in manifest])
     voices = np.array([r.fold for r in manifest])
-    train, test = splits != "test", splits == "test"
-    by_split = [Fold("test", np.flatnonzero(train), np.flatnonzero(test))]
+    if split == "val":
+        train, test = _val_split(manifest, str(root))
+    else:
+        train, test = splits != "test", splits == "test"
+    by_split = [Fold(split, np.flatnonzero(train), np.flatnonzero(test))]
     by_voice = _select(fold, [Fold(str(k), np.flatnonzero(train & (voices != k)), np.flatnonzero(test & (voices == k)))
                               for k in manifest.folds()])
     return [
-        Task("video digit", manifest, "digit", "video", by_split),
-        Task("video motion", manifest, "motion", "video", by_split),
-        Task("audio digit", manifest, "digit", "audio", by_voice),
-        Task("audio+video digit", manifest, "digit", "av", by_voice),
+        Task("video digit", manifest, "digit", "video", by_split, flip=False),
+        Task("video motion", manifest, "motion", "video", by_split, flip=False),
+        Task("audio digit", manifest, "digit", "audio", by_voice, flip=False),
+        Task("audio+video digit", manifest, "digit", "av", by_voice, flip=False),
     ]
 
 
@@ -114,11 +135,15 @@ def _union(manifests: list[Manifest]) -> tuple[Manifest, dict[str, int]]:
     return Manifest(rows, manifests[0].root), index
 
 
-def layout_tasks(name: str, root: Path, fold: int | None, label_column: str, modality: str) -> list[Task]:
+def layout_tasks(name: str, root: Path, fold: int | None, label_column: str, modality: str,
+                 split: str = "test") -> list[Task]:
     from xkd.data.layouts import read_layout
 
     key = name.lower().replace("-", "").replace("_", "")
     if key in OFFICIAL_FOLDS:
+        if split == "val":
+            raise ValueError(f"{name} has no 'val' split to score: use split='test', whose hyper-parameters are "
+                             "already chosen on a val split carved from the training videos")
         numbers = [fold] if fold is not None else list(range(1, OFFICIAL_FOLDS[key] + 1))
         per_fold = [read_layout(name, root, fold=k) for k in numbers]
         union, index = _union(per_fold)
@@ -129,24 +154,27 @@ def layout_tasks(name: str, root: Path, fold: int | None, label_column: str, mod
             folds.append(Fold(str(k), rows[splits == "train"], rows[splits == "test"]))
         return [Task(f"{name} {modality}", union, label_column, modality, folds)]
     manifest = read_layout(name, root)
-    return [Task(f"{name} {modality}", manifest, label_column, modality, split_or_fold_folds(manifest, fold))]
+    return [Task(f"{name} {modality}", manifest, label_column, modality, split_or_fold_folds(manifest, fold, split))]
 
 
 def tasks_for(dataset: str, fold: int | None = None, label_column: str = "label", modality: str | None = None,
-              task: str | None = None) -> list[Task]:
-    """Resolve a dataset argument (see the module docstring) into tasks; ``task`` keeps one by name."""
+              task: str | None = None, split: str = "test") -> list[Task]:
+    """Resolve a dataset argument (see the module docstring) into tasks; ``task`` keeps one by name; ``split`` is
+    the split scored, "test" or "val"."""
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     name, _, rest = dataset.partition(":")
     if name.lower() in ("av-digits", "avdigits"):
-        tasks = avdigits_tasks(Path(rest or AVDIGITS_DEFAULT), fold)
+        tasks = avdigits_tasks(Path(rest or AVDIGITS_DEFAULT), fold, split)
         if modality:
             tasks = [t for t in tasks if t.modality == modality]
     elif rest and not Path(dataset).exists():
-        tasks = layout_tasks(name, Path(rest), fold, label_column, modality or "video")
+        tasks = layout_tasks(name, Path(rest), fold, label_column, modality or "video", split)
     else:
         path = Path(dataset)
         manifest = read_manifest(path)
         tasks = [Task(f"{path.stem} {modality or 'video'}", manifest, label_column, modality or "video",
-                      split_or_fold_folds(manifest, fold))]
+                      split_or_fold_folds(manifest, fold, split))]
     if task:
         chosen = [t for t in tasks if t.name == task]
         if not chosen:
