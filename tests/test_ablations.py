@@ -16,11 +16,17 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
     text = (out / "table.md").read_text()
     assert f"table: {out / 'table.md'}" in capsys.readouterr().out
     for v in VARIANTS:
-        row = next(line for line in text.splitlines() if line.startswith(f"| {v.label} |"))
-        assert row.count("±") == 4, row
+        labels = [v.label] if v.config == "mae_avdigits_cpu.yaml" else [f"{v.label}: teacher", f"{v.label}: student"]
+        for label in labels:
+            score, chosen = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
+            assert score.count("±") == 4 and chosen.count("C=") == 4, (score, chosen)
         assert (out / v.name / "seed1" / "weights.safetensors").is_file()
+        summary = json.loads((out / v.name / "seed1" / "summary.json").read_text())
+        assert summary["steps"] == summary["schedule_steps"] == 1  # complete schedules
     results = json.loads((out / "results.json").read_text())
-    assert results["seeds"] == [0, 1] and set(results["top1"]) == {v.name for v in VARIANTS} | {"random-init"}
+    assert results["seeds"] == [0, 1] and results["baseline_seeds"] == [100003, 100004]
+    assert {"xkd/teacher", "xkd/student", "ae/student", "random-init"} <= set(results["top1"])
+    assert "| random init (no pretraining; its own seed) |" in text
     assert results["overrides"] == ["data.batch_size=4"] and "(every run with data.batch_size=4)" in text
     # the ablation overrides reach the runs
     assert "recon_audio: false" in (out / "recon-video" / "seed0" / "config.yaml").read_text()
@@ -33,7 +39,13 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
 
 
 def test_table_reports_mean_and_sample_std_over_seeds():
-    per_seed = {0: {"xkd": {"video digit": 0.5}}, 1: {"xkd": {"video digit": 0.7}}}
+    def result(top1, C):
+        return {"video digit": {"top1": top1, "hparams": {"C": [C]}, "at_edge": []}}
+
+    per_seed = {0: {"xkd/teacher": result(0.5, 1.0), "xkd/student": result(0.4, 1.0)},
+                1: {"xkd/teacher": result(0.7, 10.0), "xkd/student": result(0.4, 1.0)}}
     text = table(per_seed, [v for v in VARIANTS if v.name == "xkd"], ["video digit"])
-    assert "| XKD: L_ae + L_kd + L_da | 60.0 ± 14.1 |" in text  # std of (50, 70) with ddof 1
-    assert "| random init (no pretraining) | – |" in text
+    assert "| XKD: L_ae + L_kd + L_da: teacher | 60.0 ± 14.1 |" in text  # std of (50, 70) with ddof 1
+    assert "| XKD: L_ae + L_kd + L_da: student | 40.0 ± 0.0 |" in text
+    assert "| XKD: L_ae + L_kd + L_da: teacher | C=1 (1), 10 (1) |" in text
+    assert "| random init (no pretraining; its own seed) | – |" in text

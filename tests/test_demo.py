@@ -12,10 +12,15 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     report = out / "report.md"
     assert str(report) in capsys.readouterr().out
     text = report.read_text()
+    seed = json.loads((out / "demo.json").read_text())["baseline_seed"]
+    assert seed != 0  # the pretraining seed of the CPU recipes
+    assert f"| XKD teacher | XKD student | MAE-only | random init (seed {seed}) |" in text
     for task in ("video digit", "video motion", "audio digit", "audio+video digit"):
-        row = next(line for line in text.splitlines() if line.startswith(f"| {task} |"))
-        assert row.count("±") == 3, row  # XKD, MAE-only, random init
+        rows = [line for line in text.splitlines() if line.startswith(f"| {task} |")]
+        assert rows[0].count("±") == 4, rows  # XKD teacher and student, MAE-only, random init
+        assert rows[1].count("C=") == 4, rows  # the C each classifier chose
+    assert "complete 2-step schedule" in text
     for image in ("losses.png", "features_pca.png"):
         assert f"]({image})" in text and (out / image).stat().st_size > 0
     assert json.loads((out / "demo.json").read_text())["steps"] == 2
-    assert (out / "eval" / "xkd.json").is_file() and (out / "eval" / "random_init.md").is_file()
+    assert (out / "eval" / "xkd_teacher.json").is_file() and (out / "eval" / "random_init.md").is_file()

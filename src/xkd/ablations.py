@@ -1,10 +1,12 @@
 """``xkd ablations``: the XKD paper's ablations on AV-Digits over several seeds, as one table (docs/REPRODUCTION.md).
 
 Each variant is a CPU recipe (``configs/pretrain/*_avdigits_cpu.yaml``) plus overrides. Every (variant, seed) pretrains
-``steps`` steps into ``<out>/<variant>/seed<k>`` (finished runs are reused, interrupted ones resumed); then all models of
-a seed, and a random-init encoder as the floor, are evaluated together with the linear SVM on the four AV-Digits tasks
-(each clip decoded once) into ``<out>/eval_seed<k>.json``. ``<out>/table.md`` and ``<out>/results.json`` hold the
-top-1 per task as mean ± sample std over seeds; ``<out>/timings.json`` the wall time of every piece of work.
+a complete schedule of ``steps`` steps into ``<out>/<variant>/seed<k>`` (finished runs are reused, interrupted ones
+resumed); then all models of a seed (teachers and students of the variants that have teachers) and a random-init
+encoder built from its own seed (:func:`xkd.api.baseline_seed`) are evaluated together with the linear SVM on the four
+AV-Digits tasks (each clip decoded once) into ``<out>/eval_seed<k>.json``. ``<out>/table.md`` and
+``<out>/results.json`` hold the top-1 per task as mean ± sample std over seeds and the C the classifier chose;
+``<out>/timings.json`` the wall time of every piece of work.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from xkd.api import BASELINE_SEED_OFFSET, load_roles
 from xkd.eval.metrics import mean_std
 
 log = logging.getLogger(__name__)
 
 RANDOM = "random-init"
+PROTOCOL = "svm-standardised-1"  # the evaluation recorded per seed; a change re-evaluates finished runs
 
 
 @dataclass(frozen=True)
@@ -64,23 +68,47 @@ def _timed(timings: dict[str, float], key: str, path: Path):
     path.write_text(json.dumps(timings, indent=2))
 
 
-def table(per_seed: dict[int, dict[str, dict[str, float]]], variants: list[Variant], tasks: list[str]) -> str:
-    """Markdown table: one row per variant (then random init), one column per task, top-1 % mean ± std over seeds."""
+def rows(per_seed: dict[int, dict[str, dict]], variants: list[Variant]) -> list[tuple[str, str]]:
+    """(model key, row label) of the table: each variant's teachers, then its students (when it has teachers), then
+    the random-init floor."""
+    keys = {k for results in per_seed.values() for k in results}
+    out = []
+    for v in variants:
+        if f"{v.name}/teacher" in keys:
+            out += [(f"{v.name}/teacher", f"{v.label}: teacher"), (f"{v.name}/student", f"{v.label}: student")]
+        else:
+            out.append((f"{v.name}/student", v.label))
+    return out + [(RANDOM, "random init (no pretraining; its own seed)")]
+
+
+def table(per_seed: dict[int, dict[str, dict]], variants: list[Variant], tasks: list[str]) -> str:
+    """Markdown table: one row per model (:func:`rows`), one column per task, top-1 % mean ± sample std over seeds;
+    then the C the SVM chose over seeds and folds ('(edge!)' when a choice was the end of the grid).
+
+    per_seed: seed -> model key -> task -> {"top1": float, "hparams": {"C": [...]}, "at_edge": [...]}.
+    """
+    from xkd.eval.report import chosen_settings
+
     seeds = sorted(per_seed)
     lines = [f"| variant ({len(seeds)} seed(s), SVM top-1 %) | " + " | ".join(tasks) + " |",
              "|---|" + "---:|" * len(tasks)]
-    rows = [(v.name, v.label) for v in variants] + [(RANDOM, "random init (no pretraining)")]
-    for name, label in rows:
-        cells = []
+    chosen = [f"| C chosen (over seeds and folds) | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+    for key, label in rows(per_seed, variants):
+        cells, settings = [], []
         for task in tasks:
-            values = [per_seed[s][name][task] for s in seeds if task in per_seed[s].get(name, {})]
-            if values:
-                mean, std = _mean_std(values)
+            found = [per_seed[s][key][task] for s in seeds if task in per_seed[s].get(key, {})]
+            if found:
+                mean, std = _mean_std([r["top1"] for r in found])
                 cells.append(f"{100 * mean:.1f} ± {100 * std:.1f}")
+                merged = {"hparams": {"C": [c for r in found for c in r["hparams"]["C"]]},
+                          "at_edge": sorted({e for r in found for e in r["at_edge"]})}
+                settings.append(chosen_settings(merged))
             else:
                 cells.append("–")
+                settings.append("–")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        chosen.append(f"| {label} | " + " | ".join(settings) + " |")
+    return "\n".join(lines) + "\n\n" + "\n".join(chosen)
 
 
 def run_ablations(
@@ -97,7 +125,7 @@ def run_ablations(
     """Run the grid into ``out`` and return the path of ``table.md``; ``overrides`` (``key=value``) apply to every
     run, before each variant's own."""
     import xkd
-    from xkd.api import random_encoders
+    from xkd.api import baseline_seed, random_encoders
     from xkd.data.avdigits import prepare_avdigits
     from xkd.demo import cpu_recipe
     from xkd.engine.pretrain import pretrain_or_reuse
@@ -116,15 +144,15 @@ def run_ablations(
     tasks = tasks_for(f"av-digits:{data_dir}")
     task_names = [t.name for t in tasks]
 
-    per_seed: dict[int, dict[str, dict[str, float]]] = {}
+    per_seed: dict[int, dict[str, dict]] = {}
     for seed in seeds:
         common = [f"data.manifest={manifest}", f"data.num_workers={workers}", f"run.seed={seed}",
                   f"run.log_every={max(1, min(10, steps // 10))}", *(overrides or [])]
         seed_file = out / f"eval_seed{seed}.json"
         done = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
-        if (done.get("steps"), done.get("train_clips")) == (steps, train_clips) and all(
-                v.name in done["top1"] for v in chosen):
-            per_seed[seed] = done["top1"]
+        if (done.get("steps"), done.get("train_clips"), done.get("protocol")) == (steps, train_clips, PROTOCOL) and all(
+                f"{v.name}/student" in done["results"] for v in chosen):
+            per_seed[seed] = done["results"]
             continue
         models = {}
         for v in chosen:
@@ -132,34 +160,40 @@ def run_ablations(
             cfg = cpu_recipe(v.config, common + list(v.overrides))
             with _timed(timings, f"pretrain {v.name} seed{seed}", timings_path):
                 pretrain_or_reuse(cfg, run_dir, steps, progress=progress)
-            models[v.name] = xkd.load(run_dir)
-        models[RANDOM] = random_encoders(cpu_recipe("xkd_avdigits_cpu.yaml", common), seed=seed)
+            for role, encoders in load_roles(run_dir).items():
+                models[f"{v.name}/{role}"] = encoders
+        base = cpu_recipe("xkd_avdigits_cpu.yaml", common)
+        models[RANDOM] = random_encoders(base, baseline_seed(seed))
         opts = EvalOptions(train_clips=train_clips, test_clips=1, num_workers=workers, seed=seed, progress=progress)
         with _timed(timings, f"evaluate seed{seed}", timings_path), warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)  # liblinear's max_iter notes at large C
             results = evaluate_many(models, tasks, "svm", opts)
-        top1 = {m: {t: r["summary"]["top1"]["mean"] for t, r in res.items()} for m, res in results.items()}
-        seed_file.write_text(json.dumps({"steps": steps, "train_clips": train_clips, "top1": top1}, indent=2))
-        per_seed[seed] = top1
+        compact = {m: {t: {"top1": r["summary"]["top1"]["mean"], "hparams": r["hparams"], "at_edge": r["at_edge"]}
+                       for t, r in res.items()} for m, res in results.items()}
+        seed_file.write_text(json.dumps({"steps": steps, "train_clips": train_clips, "protocol": PROTOCOL,
+                                         "baseline_seed": baseline_seed(seed), "results": compact}, indent=2))
+        per_seed[seed] = compact
 
     text = table(per_seed, chosen, task_names)
     summary = {
         "steps": steps,
         "seeds": list(seeds),
+        "baseline_seeds": [baseline_seed(s) for s in seeds],
         "overrides": list(overrides or []),
         "variants": {v.name: {"label": v.label, "config": v.config, "overrides": list(v.overrides)} for v in chosen},
-        "top1": {name: {t: _mean_std([per_seed[s][name][t] for s in seeds]) for t in task_names
-                        if all(t in per_seed[s].get(name, {}) for s in seeds)}
-                 for name in [v.name for v in chosen] + [RANDOM]},
+        "top1": {key: {t: _mean_std([per_seed[s][key][t]["top1"] for s in seeds]) for t in task_names
+                       if all(t in per_seed[s].get(key, {}) for s in seeds)}
+                 for key, _ in rows(per_seed, chosen)},
         "timings_s": timings,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     path = out / "table.md"
     every_run = f" (every run with {', '.join(overrides)})" if overrides else ""
     path.write_text(
-        f"{text}\n\nAV-Digits, {steps} pretraining steps of the CPU recipes per run{every_run}; linear SVM on frozen "
-        f"features (C chosen on a validation split carved from train, {train_clips} augmented clip(s) per training "
-        "video); audio tasks are leave-one-voice-out (mean over the 5 voices per seed). Chance: 10% digit, 12.5% "
+        f"{text}\n\nAV-Digits, a complete {steps}-step schedule of the CPU recipes per run{every_run}; linear SVM on "
+        f"frozen, standardised features (C chosen on a validation split carved from train, {train_clips} clean "
+        "training clip(s) per video); audio tasks are leave-one-voice-out (mean over the 5 voices per seed). The "
+        f"random-init encoder of seed k is built from seed k + {BASELINE_SEED_OFFSET}. Chance: 10% digit, 12.5% "
         "motion.\n"
     )
     return path
