@@ -19,7 +19,7 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
         labels = [v.label] if v.config == "mae_avdigits_cpu.yaml" else [f"{v.label}: teacher", f"{v.label}: student"]
         for label in labels:
             score, chosen = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
-            assert score.count("±") == 4 and chosen.count("C=") == 4, (score, chosen)
+            assert score.count("±") == 4 and chosen.count("alpha=") == 4, (score, chosen)
         assert (out / v.name / "seed1" / "weights.safetensors").is_file()
         summary = json.loads((out / v.name / "seed1" / "summary.json").read_text())
         assert summary["steps"] == summary["schedule_steps"] == 1  # complete schedules

@@ -18,7 +18,7 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     for task in ("video digit", "video motion", "audio digit", "audio+video digit"):
         rows = [line for line in text.splitlines() if line.startswith(f"| {task} |")]
         assert rows[0].count("±") == 4, rows  # XKD teacher and student, MAE-only, random init
-        assert rows[1].count("C=") == 4, rows  # the C each classifier chose
+        assert rows[1].count("alpha=") == 4, rows  # the penalty each classifier chose
     assert "complete 2-step schedule" in text
     for image in ("losses.png", "features_pca.png"):
         assert f"]({image})" in text and (out / image).stat().st_size > 0

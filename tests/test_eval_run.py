@@ -22,7 +22,7 @@ def encoders():
     return random_encoders(tiny_config(), seed=3)
 
 
-@pytest.mark.parametrize("protocol", ["svm", "linear", "attentive", "knn"])
+@pytest.mark.parametrize("protocol", ["svm", "ridge", "linear", "attentive", "knn"])
 @pytest.mark.parametrize("modality", ["video", "audio", "av"])
 def test_protocols_find_a_separable_signal(separable, encoders, protocol, modality):
     tasks = tasks_for(str(separable), modality=modality)

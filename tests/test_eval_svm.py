@@ -160,3 +160,18 @@ def test_standardize_and_bad_arguments():
     multi = FeatureSet(test.features, test.video_ids, np.eye(4, dtype=int)[test.labels], CLASS_NAMES)
     with pytest.raises(ValueError, match="single-label"):
         svm_protocol(train, multi)
+
+
+def test_ridge_finds_the_signal_and_chooses_alpha_without_the_test_split():
+    from xkd.eval.svm import RIDGE_ALPHAS, ridge_protocol
+
+    train, test = blobs(60, 3, sep=0.4, clip_noise=2.0, seed=21), blobs(60, 3, sep=0.4, clip_noise=2.0, seed=22,
+                                                                        first_id=1000)
+    reference = ridge_protocol(train, test)
+    assert reference["metrics"]["top1"] > 0.6 and reference["alpha"] in RIDGE_ALPHAS
+    assert reference["hparams"] == {"alpha": reference["alpha"]} and reference["protocol"].startswith("ridge")
+    assert ridge_protocol(blobs(60, 4, seed=1), blobs(40, 3, seed=2, first_id=1000))["metrics"]["top1"] > 0.9
+    rng = np.random.default_rng(0)
+    noise = FeatureSet(rng.normal(size=test.features.shape), test.video_ids, (test.labels + 1) % 4, CLASS_NAMES)
+    other = ridge_protocol(train, noise)
+    assert other["alpha"] == reference["alpha"] and other["val_top1"] == reference["val_top1"]

@@ -2,7 +2,8 @@
 
 Protocols: ``svm`` (linear SVM on standardised features, C chosen on a val split carved from train;
 ``paper_protocol`` reproduces the original reporting: strongly augmented training clips, raw features, the best C on
-test, and says so), ``linear`` (linear probe; mAP for multi-label sets), ``attentive`` (a cross-attention pooling
+test, and says so), ``ridge`` (a least-squares linear classifier on standardised features, alpha chosen on val; exact
+and fast), ``linear`` (linear probe; mAP for multi-label sets), ``attentive`` (a cross-attention pooling
 probe over the frozen patch tokens, xkd.eval.attentive), ``knn``, ``retrieval`` (audio <-> video R@1/5/10 on the test
 set) and ``finetune`` (end-to-end, see xkd.eval.finetune). Task modality ``av`` fuses the two modalities
 (per-modality L2 normalisation, then concatenation; the attentive probe attends over both token sequences).
@@ -31,12 +32,12 @@ from xkd.eval.knn import knn_classify
 from xkd.eval.linear import LINEAR_WDS, linear_probe
 from xkd.eval.report import run_folds, write_results
 from xkd.eval.retrieval import cross_modal_retrieval
-from xkd.eval.svm import AUDIO_CS, SVM_CS, VIDEO_CS, svm_protocol
+from xkd.eval.svm import AUDIO_CS, SVM_CS, VIDEO_CS, ridge_protocol, svm_protocol
 from xkd.eval.tasks import Fold, Task
 
 log = logging.getLogger(__name__)
 
-PROTOCOLS = ("svm", "linear", "attentive", "knn", "retrieval", "finetune")
+PROTOCOLS = ("svm", "ridge", "linear", "attentive", "knn", "retrieval", "finetune")
 
 
 @dataclass
@@ -138,6 +139,10 @@ def run_fold(protocol: str, model: str, task: Task, fold: Fold, cache: FeatureCa
             cs = AUDIO_CS if task.modality == "audio" else VIDEO_CS
             return svm_protocol(train, test, Cs=cs, select="test", seed=opts.seed, standardize=False)
         return svm_protocol(train, test, Cs=opts.svm_cs, seed=opts.seed, standardize=opts.standardize)
+    if protocol == "ridge":
+        if task.multilabel:
+            raise ValueError(f"{task.name} is multi-label: use the 'linear' protocol (mAP)")
+        return ridge_protocol(train, test, seed=opts.seed, standardize=opts.standardize)
     if protocol == "linear":
         return linear_probe(train, test, epochs=opts.linear_epochs, seed=opts.seed, wd=opts.linear_wds,
                             warmup_epochs=min(10, opts.linear_epochs // 10))
