@@ -31,7 +31,7 @@ from xkd.eval.selection import edges, select_on_val, warn_edges
 SVM_CS = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0)  # standardised features, selected on val (docs/EVALUATION.md)
 VIDEO_CS = (1e-3, 1e-2, 0.1, 1.0)  # the paper's grid: UCF101, HMDB51, Kinetics, Kinetics-Sound
 AUDIO_CS = (1e-5, 1e-4, 1e-3, 1e-2, 0.1, 1.0)  # the paper's grid: ESC-50
-RIDGE_ALPHAS = (1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4)  # standardised features, selected on val
+RIDGE_ALPHAS = (0.0, 1e-2, 0.1, 1.0, 10.0, 100.0, 1e3, 1e4)  # standardised features, selected on val; 0 = least squares
 VAL_PROTOCOL = "C selected on val"
 RIDGE_PROTOCOL = "ridge, alpha selected on val"
 PAPER_PROTOCOL = "paper (C selected on test)"
@@ -123,7 +123,8 @@ def ridge_protocol(
 ) -> dict:
     """Ridge classifier on ``train`` clips, video-level top-1 on ``test``; alpha chosen on a val split carved from
     ``train`` (ties to the earlier alpha), the test split used once. Returns what :func:`svm_protocol` returns, with
-    ``alpha`` for ``C`` and ``hparams`` {"alpha": alpha}."""
+    ``alpha`` for ``C`` and ``hparams`` {"alpha": alpha}; alpha = 0 (plain least squares) is no edge: nothing lies below
+    it."""
     if train.multilabel or test.multilabel:
         raise ValueError("the ridge protocol needs single-label feature sets")
     if train.class_names != test.class_names:
@@ -134,7 +135,7 @@ def ridge_protocol(
 
     alpha, scores = select_on_val(train, list(alphas), val_top1, val_fraction, seed)
     result = evaluate_clip_scores(svm_scores(fit_ridge(train, alpha, standardize), test), test)
-    at_edge = edges({"alpha": alpha}, {"alpha": alphas})
+    at_edge = [name for name in edges({"alpha": alpha}, {"alpha": alphas}) if alpha > 0]
     warn_edges("ridge", {"alpha": alpha}, at_edge)
     result.update(protocol=RIDGE_PROTOCOL, alpha=alpha, hparams={"alpha": alpha}, at_edge=at_edge,
                   standardized=standardize, val_top1={f"{a:g}": acc for a, acc in zip(alphas, scores)},
