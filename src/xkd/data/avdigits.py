@@ -16,10 +16,21 @@ AV-MNIST tradition): no speaker ever wrote the digit shown. A clip therefore has
 
 Manifest (``<out>/manifest.csv``): ``label`` is the digit; ``split`` is train/val/test, a 70/10/20 split of the MNIST
 images stratified by class with a fixed seed (independent of the build seed, so every build shares one test set);
-``fold`` is the voice index 0..4 for leave-one-voice-out audio evaluation. Extra columns: ``digit``, ``motion``,
-``voice``, ``speaker``, ``image_index``, ``speech_start``/``speech_end`` (seconds). Note that ``es_MX_f_Allison`` and
-``en_US_f_Allison`` are the same speaker (Allison Smith): folds are by voice (language) as the protocol asks, and the
-``speaker`` column lets a stricter protocol hold out both at once.
+``fold`` is the real voice's index 0..4 for leave-one-voice-out audio evaluation. Extra columns: ``digit``, ``motion``,
+``voice``, ``speaker``, ``image_index``, ``speech_start``/``speech_end`` (seconds); version 2 adds ``language`` and
+``synthetic``. Note that ``es_MX_f_Allison`` and ``en_US_f_Allison`` are the same speaker (Allison Smith): folds are by
+voice as the protocol asks, and the ``speaker`` column lets a stricter protocol hold out both at once.
+
+Versions (``version=``; docs/AVDIGITS.md explains every choice with its measurement):
+
+- **1** (the first release): the digit spans about a sixth of the frame height; one utterance at a random offset in
+  the two-second window, white noise at 20-40 dB SNR; five real voices, one per language, so leaving a voice out
+  leaves its language out.
+- **2**: the digit spans half to three quarters of the frame, so a masked student sees ink in most of its visible
+  tokens; the utterance repeats through the window (1-4 times, small gaps, each copy with its own gain), over a noise
+  floor at 30-45 dB SNR, so few spectrogram patches are silence; training and validation clips also speak in 40
+  synthetic voices (eSpeak NG, eight per language, ``xkd/assets/synthetic_digits``), test clips only in the five real
+  ones. Leaving a real voice out then leaves out a voice, not a language: its language is still heard in training.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from tqdm import tqdm
 from xkd.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
 from xkd.data.media_writer import write_media
 
-AVDIGITS_VERSION = "1.0"
+AVDIGITS_VERSIONS = {1: "1.0", 2: "2.0"}  # --version -> the version recorded in a build
 AVDIGITS_MOTIONS = (
     "translate_left",
     "translate_right",
@@ -65,6 +76,9 @@ AVDIGITS_SPEAKERS = {
     "it_IT_m_Carlo": "carlo_flora",
     "ru_RU_f_IvrvoiceRU": "maxim_topal",
 }
+REAL_LANGUAGES = {voice: voice[:2] for voice in AVDIGITS_VOICES}  # en, es, fr, it, ru
+SYNTHETIC_SHARE = 8  # version 2, train / val splits: each real voice is drawn this many times as often as each
+# synthetic voice (8 per language), so half of those clips speak in a real voice
 SPLITS = ("train", "val", "test")
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
 SPLIT_SEED = 20240101  # fixed: the split is part of the benchmark, not of a build
@@ -81,6 +95,7 @@ MNIST_CSV_SHA256 = "167bbe5fc3dfbce27f9a4c6c1814964f3367677ee226d9811d79cbd41fd5
 MNIST_SIZE = 28
 
 _VOICE_ASSETS = ("assets", "spoken_digits")  # inside the xkd package
+_SYNTHETIC_ASSETS = ("assets", "synthetic_digits")
 _INK_RADIUS = 12.0  # MNIST ink lies in a 20x20 box centred by mass: a safe half-extent in source pixels
 _ROTATION_RADIUS = 14.0  # half-diagonal of that box, the reach of the ink under any rotation
 
@@ -132,17 +147,29 @@ def load_mnist_5k(cache_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, MNIST_SIZE, MNIST_SIZE), table[:, -1].astype(np.int64)
 
 
-def _voice_asset(*parts: str):
-    """A file of the vendored spoken digits (an importlib.resources Traversable)."""
+def _asset(folder: tuple[str, ...], *parts: str):
+    """A file of the vendored audio (an importlib.resources Traversable)."""
     node = resources.files("xkd")
-    for part in (*_VOICE_ASSETS, *parts):
+    for part in (*folder, *parts):
         node = node / part
     return node
 
 
+def _voice_asset(*parts: str):
+    """A file of the vendored real spoken digits."""
+    return _asset(_VOICE_ASSETS, *parts)
+
+
+def synthetic_voices() -> dict[str, str]:
+    """The vendored synthetic voices (``tools/synthesize_voices.py``): name -> language, in a fixed order."""
+    meta = json.loads(_asset(_SYNTHETIC_ASSETS, "voices.json").read_text(encoding="utf-8"))
+    return {v["name"]: v["language"] for v in meta["voices"]}
+
+
 def load_spoken_digit(voice: str, digit: int) -> np.ndarray:
-    """One vendored recording (raw G.722, 16 kHz) decoded to ``float32 [S]`` in [-1, 1]."""
-    data = _voice_asset(voice, f"{digit}.g722").read_bytes()
+    """One vendored recording (raw G.722, 16 kHz; real or synthetic voice) decoded to ``float32 [S]`` in [-1, 1]."""
+    folder = _VOICE_ASSETS if voice in AVDIGITS_VOICES else _SYNTHETIC_ASSETS
+    data = _asset(folder, voice, f"{digit}.g722").read_bytes()
     with av.open(io.BytesIO(data), format="g722") as container:
         chunks = [frame.to_ndarray().reshape(-1) for frame in container.decode(audio=0)]
     return np.concatenate(chunks).astype(np.float32) / 32768.0
@@ -191,13 +218,24 @@ def _split_quotas(num_clips: int) -> list[int]:
     return quotas.tolist()
 
 
-def plan_clips(labels: np.ndarray, seed: int, num_clips: int | None = None) -> list[ClipSpec]:
+def voice_pool(split: str, version: int) -> tuple[str, ...]:
+    """The voices a split's clips cycle through: the five real voices, and in version 2 for train / val the real voices
+    (each :data:`SYNTHETIC_SHARE` times) alternating with the synthetic ones (each once), so that any run of clips
+    speaks half in real voices."""
+    if version == 1 or split == "test":
+        return AVDIGITS_VOICES
+    real = AVDIGITS_VOICES * SYNTHETIC_SHARE
+    return tuple(voice for pair in zip(real, synthetic_voices()) for voice in pair)
+
+
+def plan_clips(labels: np.ndarray, seed: int, num_clips: int | None = None, version: int = 1) -> list[ClipSpec]:
     """Choose images and assign motions and voices; sorted by image index.
 
     All images when ``num_clips`` is None, else ``num_clips`` of them, 70/10/20 over the splits. Clip ``p`` of the build
     (counted across the splits in order, ``p = 10 r + j``) shows the next unused image (seed order) of digit
-    ``digit_order[j]`` in its split, with voice ``(j + r) % 5`` and motion ``(j + 13 r) % 8``: digits, voices and
-    motions are balanced and crossed (for one digit, r runs through every (voice, motion) pair every 40 rounds).
+    ``digit_order[j]`` in its split, with voice ``pool[(j + r) % len(pool)]`` of the split's :func:`voice_pool` and
+    motion ``(j + 13 r) % 8``: digits, voices and motions are balanced and crossed (version 1: for one digit, r runs
+    through every (voice, motion) pair every 40 rounds).
     """
     splits = split_images(labels)
     per_split = [int(np.sum(splits == s)) for s in SPLITS] if num_clips is None else _split_quotas(num_clips)
@@ -206,6 +244,7 @@ def plan_clips(labels: np.ndarray, seed: int, num_clips: int | None = None) -> l
     specs, p = [], 0
     for name, quota in zip(SPLITS, per_split):
         pools = [list(rng.permutation(np.flatnonzero((labels == d) & (splits == name)))) for d in range(10)]
+        voices = voice_pool(name, version)
         for _ in range(quota):
             j, r = p % 10, p // 10
             digit = int(digit_order[j])
@@ -215,7 +254,7 @@ def plan_clips(labels: np.ndarray, seed: int, num_clips: int | None = None) -> l
                     digit=digit,
                     split=name,
                     motion=AVDIGITS_MOTIONS[(j + 13 * r) % len(AVDIGITS_MOTIONS)],
-                    voice=AVDIGITS_VOICES[(j + r) % len(AVDIGITS_VOICES)],
+                    voice=voices[(j + r) % len(voices)],
                 )
             )
             p += 1
@@ -231,8 +270,9 @@ class ClipRecipe:
 
     ``centers: [T, 2]`` canvas position (x, y) in pixels of the digit's centre; ``angles: [T]`` radians, positive is
     clockwise on screen; ``scales: [T]`` canvas pixels per MNIST pixel. Audio: ``speed`` playback rate (>1 is faster and
-    higher), ``speech_samples`` (length of the resampled speech), ``gain_db``, ``offset`` (first sample of the speech in
-    the window), ``snr_db`` of the white noise, ``noise_seed``.
+    higher), ``speech_samples`` (length of the resampled speech), one ``offsets`` entry (first sample in the window) and
+    one ``gains_db`` entry per copy of the utterance (version 1: one copy), ``snr_db`` of the white noise,
+    ``noise_seed``.
     """
 
     centers: np.ndarray
@@ -240,22 +280,39 @@ class ClipRecipe:
     scales: np.ndarray
     speed: float
     speech_samples: int
-    gain_db: float
-    offset: int
+    gains_db: tuple[float, ...]
+    offsets: tuple[int, ...]
     snr_db: float
     noise_seed: int
 
+    @property
+    def speech_span(self) -> tuple[int, int]:
+        """(first, one past the last) sample of speech in the window, before clipping to its length."""
+        return self.offsets[0], self.offsets[-1] + self.speech_samples
 
-def _motion_geometry(motion: str, rng: np.random.Generator, num_frames: int, fps: float, size: int):
-    """Random start position, angle, scale and speed of a motion: ``centers [T, 2]``, ``angles [T]``, ``scales [T]``."""
+
+# Version 2 sizes, as the height of MNIST's 20-pixel ink box over the frame height (version 1: about 0.25-0.35 at rest)
+_V2_HEIGHT = {"translate": (0.6, 0.75), "rotate": (0.55, 0.65), "zoom_small": (0.4, 0.5), "zoom_factor": (1.5, 1.9)}
+_INK_BOX = 20.0  # MNIST digits are drawn in a 20x20 box, centred by mass in the 28x28 image
+
+
+def _motion_geometry(motion: str, rng: np.random.Generator, num_frames: int, fps: float, size: int, version: int = 1):
+    """Random start position, angle, scale and speed of a motion: ``centers [T, 2]``, ``angles [T]``, ``scales [T]``.
+
+    Version 1 draws scales around one canvas pixel per MNIST pixel on a 64-pixel canvas; version 2 draws the digit's
+    height as a fraction of the frame (:data:`_V2_HEIGHT`), with the same motions, so the digit fills most of it.
+    """
     u = np.arange(num_frames) / max(num_frames - 1, 1)  # clip progress in [0, 1]
     seconds = np.arange(num_frames) / fps
-    base = size / 64.0  # the ranges below are tuned on a 64-pixel canvas and scale with it
+    base = size / 64.0  # the version-1 ranges below are tuned on a 64-pixel canvas and scale with it
+    per_height = size / _INK_BOX  # version 2: canvas pixels per MNIST pixel for a digit as tall as the frame
     angle0 = np.deg2rad(rng.uniform(-15.0, 15.0))
     angles = np.full(num_frames, angle0)
     if motion.startswith("translate"):
-        scales = np.full(num_frames, rng.uniform(0.8, 1.1) * base)
-        half = _INK_RADIUS * scales[0]
+        scale = rng.uniform(0.8, 1.1) * base if version == 1 else rng.uniform(*_V2_HEIGHT["translate"]) * per_height
+        scales = np.full(num_frames, scale)
+        # version 2 lets the corners of the ink box, which rarely hold ink, touch the frame's edge
+        half = (_INK_RADIUS if version == 1 else _INK_BOX / 2) * scales[0]
         room = size - 2 * half  # the centre may move in [half, size - half]
         travel = rng.uniform(0.5, 0.9) * room
         along = half + rng.uniform(0.0, room - travel) + travel * u
@@ -265,15 +322,20 @@ def _motion_geometry(motion: str, rng: np.random.Generator, num_frames: int, fps
         xy = (along, across) if motion in ("translate_left", "translate_right") else (across, along)
         centers = np.stack(xy, axis=1)
     elif motion.startswith("rotate"):
-        scales = np.full(num_frames, rng.uniform(0.8, 1.1) * base)
-        room = size - 2 * _ROTATION_RADIUS * scales[0]
+        scale = rng.uniform(0.8, 1.1) * base if version == 1 else rng.uniform(*_V2_HEIGHT["rotate"]) * per_height
+        scales = np.full(num_frames, scale)
+        room = max(size - 2 * _ROTATION_RADIUS * scales[0], 0.0)
         centers = np.tile(size / 2 + rng.uniform(-0.5, 0.5, size=2) * room, (num_frames, 1))
         sign = 1.0 if motion == "rotate_cw" else -1.0
         angles = angle0 + sign * np.deg2rad(rng.uniform(45.0, 90.0)) * seconds
     elif motion.startswith("zoom"):
-        small = rng.uniform(0.5, 0.7) * base
-        large = small * rng.uniform(1.8, 2.5)
-        room = size - 2 * _INK_RADIUS * large
+        if version == 1:
+            small = rng.uniform(0.5, 0.7) * base
+            large = small * rng.uniform(1.8, 2.5)
+        else:
+            small = rng.uniform(*_V2_HEIGHT["zoom_small"]) * per_height
+            large = small * rng.uniform(*_V2_HEIGHT["zoom_factor"])
+        room = max(size - 2 * _INK_RADIUS * large, 0.0)
         centers = np.tile(size / 2 + rng.uniform(-0.25, 0.25, size=2) * room, (num_frames, 1))
         start, end = (small, large) if motion == "zoom_in" else (large, small)
         scales = start * (end / start) ** u
@@ -291,25 +353,46 @@ def make_recipe(
     fps: float = FPS,
     size: int = CANVAS_SIZE,
     sample_rate: int = SAMPLE_RATE,
+    version: int = 1,
 ) -> ClipRecipe:
-    """The random choices of clip ``image_index``, from an RNG seeded by ``(seed, image_index)`` alone."""
+    """The random choices of clip ``image_index``, from an RNG seeded by ``(seed, image_index)`` alone.
+
+    Audio, version 1: one copy of the utterance at a random offset clear of the window's edges, gain -6..+3 dB, white
+    noise at 20-40 dB SNR. Version 2: copies from a start within the first 0.15 s, separated by gaps of 0.05-0.25 s,
+    until the window is full (the last may be cut by its end); each copy's gain is the clip's (-6..+3 dB) plus
+    -2..+2 dB; noise at 30-45 dB SNR.
+    """
     video_seq, audio_seq = np.random.SeedSequence([seed, image_index]).spawn(2)
-    centers, angles, scales = _motion_geometry(motion, np.random.default_rng(video_seq), num_frames, fps, size)
+    centers, angles, scales = _motion_geometry(motion, np.random.default_rng(video_seq), num_frames, fps, size,
+                                               version)
     rng = np.random.default_rng(audio_seq)
     speed = rng.uniform(0.9, 1.1)
     speech_samples = int(np.ceil(recording_length / speed))
     window = int(round(num_frames / fps * sample_rate))
-    margin = int(0.05 * sample_rate)  # keep the speech clear of the window edges
-    latest = max(margin, window - speech_samples - margin)
+    gain = float(rng.uniform(-6.0, 3.0))
+    if version == 1:
+        margin = int(0.05 * sample_rate)  # keep the speech clear of the window edges
+        latest = max(margin, window - speech_samples - margin)
+        gains, offsets = (gain,), (int(rng.integers(margin, latest + 1)),)
+        snr = float(rng.uniform(20.0, 40.0))
+    else:
+        offsets = [int(rng.integers(0, int(0.15 * sample_rate) + 1))]
+        while True:
+            following = offsets[-1] + speech_samples + int(rng.uniform(0.05, 0.25) * sample_rate)
+            if following >= window:
+                break
+            offsets.append(following)
+        gains, offsets = tuple(gain + float(rng.uniform(-2.0, 2.0)) for _ in offsets), tuple(offsets)
+        snr = float(rng.uniform(30.0, 45.0))
     return ClipRecipe(
         centers=centers,
         angles=angles,
         scales=scales,
         speed=float(speed),
         speech_samples=speech_samples,
-        gain_db=float(rng.uniform(-6.0, 3.0)),
-        offset=int(rng.integers(margin, latest + 1)),
-        snr_db=float(rng.uniform(20.0, 40.0)),
+        gains_db=gains,
+        offsets=offsets,
+        snr_db=snr,
         noise_seed=int(rng.integers(2**31)),
     )
 
@@ -352,14 +435,16 @@ def render_frames(
 
 
 def synthesize_audio(recording: np.ndarray, recipe: ClipRecipe, num_samples: int) -> np.ndarray:
-    """Augment ``recording: [S]`` (speed by linear resampling, gain, noise) into a window: ``float32 [num_samples]``."""
+    """Augment ``recording: [S]`` (speed by linear resampling, one gain per copy, noise) into a window with its copies
+    at ``recipe.offsets``: ``float32 [num_samples]``. The noise level is set against the first copy's loudness."""
     length = recipe.speech_samples
     speech = np.interp(np.arange(length) * recipe.speed, np.arange(len(recording)), recording)
-    speech *= 10.0 ** (recipe.gain_db / 20.0)
     out = np.zeros(num_samples)
-    end = min(recipe.offset + length, num_samples)
-    out[recipe.offset : end] = speech[: end - recipe.offset]
-    noise_std = np.sqrt(np.mean(speech**2)) * 10.0 ** (-recipe.snr_db / 20.0)
+    for offset, gain_db in zip(recipe.offsets, recipe.gains_db):
+        end = min(offset + length, num_samples)
+        out[offset:end] = speech[: end - offset] * 10.0 ** (gain_db / 20.0)
+    loudness = np.sqrt(np.mean(speech**2)) * 10.0 ** (recipe.gains_db[0] / 20.0)
+    noise_std = loudness * 10.0 ** (-recipe.snr_db / 20.0)
     out += np.random.default_rng(recipe.noise_seed).standard_normal(num_samples) * noise_std
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
@@ -392,11 +477,27 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _version_text(version: str) -> str:
+    """What the build's version does to the clips, for its README."""
+    if version == AVDIGITS_VERSIONS[1]:
+        return ("Audio is augmented (speed +-10% by resampling, gain -6..+3 dB, white noise at 20..40 dB SNR) and "
+                "placed at a random offset in the window.")
+    return ("The digit fills half to three quarters of the frame height. The utterance (speed +-10% by resampling) "
+            "repeats through the window with gaps of 0.05-0.25 s, each copy at the clip's gain (-6..+3 dB) plus "
+            "-2..+2 dB, over white noise at 30..45 dB SNR. Training and validation clips also speak in 40 synthetic "
+            "voices (eSpeak NG 1.51, eight per language: column `synthetic`); test clips speak only in the five real "
+            "voices.")
+
+
 def _readme(build: dict, counts: dict, size_bytes: int) -> str:
     credits = _voice_asset("README.md").read_text(encoding="utf-8")
     table = "\n".join(line for line in credits.splitlines() if line.startswith("|"))
     seconds = build["num_frames"] / build["fps"]
     splits = ", ".join(f"{n} {s}" for s, n in counts["split"].items())
+    v2 = build["version"] != AVDIGITS_VERSIONS[1]
+    extra_columns = ", language, synthetic (1 for an eSpeak NG voice)" if v2 else ""
+    synthetic = ("\n- Synthetic voices (training and validation clips only): made with eSpeak NG 1.51 "
+                 "(`tools/synthesize_voices.py` of xkd), vendored in `xkd/assets/synthetic_digits`." if v2 else "")
     return f"""# AV-Digits {build['version']}
 
 An audio-visual digit benchmark built by `xkd` (`xkd data prepare av-digits`) from real data, offline.
@@ -404,19 +505,18 @@ An audio-visual digit benchmark built by `xkd` (`xkd data prepare av-digits`) fr
 Each clip ({build['num_frames']} frames at {build['fps']:g} fps = {seconds:g} s, {build['size']}x{build['size']} H.264,
 with a {build['sample_rate']} Hz mono AAC track over the same {seconds:g} s window) shows one real handwritten MNIST
 digit, white on black, moving with one of {len(AVDIGITS_MOTIONS)} procedural motions, and plays a real studio
-recording of the same digit spoken by one of {len(AVDIGITS_VOICES)} voices.
+recording of the same digit spoken by one of {len(AVDIGITS_VOICES)} voices{' (training and validation clips: or by a synthetic voice)' if v2 else ''}.
 
 Motions: {', '.join(AVDIGITS_MOTIONS)}.
 
 **The pairing is by class, not by recording**: the voice never wrote the digit shown, and the motion is procedural
-(random start position, angle, scale and speed per clip), not filmed. Audio is augmented (speed +-10% by resampling,
-gain -6..+3 dB, white noise at 20..40 dB SNR) and placed at a random offset in the window.
+(random start position, angle, scale and speed per clip), not filmed. {_version_text(build['version'])}
 
 ## Contents
 - {counts['clips']} clips ({splits}); seed {build['seed']}; {size_bytes / 1e6:.1f} MB of video.
-- `clips/<split>/<digit>/<id>.mp4`; `manifest.csv` with columns path, label (= digit), split, fold (= voice index,
-  for leave-one-voice-out audio evaluation), start, end, digit, motion, voice, speaker, image_index, speech_start,
-  speech_end (seconds).
+- `clips/<split>/<digit>/<id>.mp4`; `manifest.csv` with columns path, label (= digit), split, fold (= real voice
+  index, for leave-one-voice-out audio evaluation; empty for a synthetic voice), start, end, digit, motion, voice,
+  speaker, image_index, speech_start, speech_end (seconds){extra_columns}.
 - Splits: 70/10/20 of the MNIST images, stratified by digit, with a fixed seed shared by every build (disjoint by
   image; one clip per image).
 - `en_US_f_Allison` and `es_MX_f_Allison` are the same speaker (Allison Smith): folds are by voice; use the
@@ -430,6 +530,7 @@ gain -6..+3 dB, white noise at 20..40 dB SNR) and placed at a random offset in t
   full licence texts and credits in `COPYRIGHT.voices` beside this file:
 
 {table}
+{synthetic}
 
 These clips are derived works of both sources and carry their licences (share alike for the CC-BY-SA parts).
 """
@@ -439,12 +540,13 @@ def _count(specs: list[ClipSpec]) -> dict:
     def tally(key, names):
         return {str(n): sum(1 for s in specs if getattr(s, key) == n) for n in names}
 
+    voices = list(dict.fromkeys([*AVDIGITS_VOICES, *sorted({s.voice for s in specs})]))
     return {
         "clips": len(specs),
         "split": tally("split", SPLITS),
         "digit": tally("digit", range(10)),
         "motion": tally("motion", AVDIGITS_MOTIONS),
-        "voice": tally("voice", AVDIGITS_VOICES),
+        "voice": tally("voice", voices),
     }
 
 
@@ -473,22 +575,27 @@ def _encode_missing(jobs: list[tuple], total: int, workers: int, progress: bool)
     bar.close()
 
 
-def _manifest(specs: list[ClipSpec], recipes: dict[int, ClipRecipe], seconds: float, num_samples: int) -> Manifest:
-    """One row per clip: label = digit, fold = voice index, the window [0, seconds], and the extra label columns."""
+def _manifest(specs: list[ClipSpec], recipes: dict[int, ClipRecipe], seconds: float, num_samples: int,
+              version: int) -> Manifest:
+    """One row per clip: label = digit, fold = real voice index (none for a synthetic voice), the window [0, seconds],
+    and the extra label columns (version 2 adds language and synthetic)."""
+    synthetic = synthetic_voices() if version > 1 else {}
     rows = []
     for s in specs:
-        recipe = recipes[s.image_index]
-        speech_end = min(recipe.offset + recipe.speech_samples, num_samples)
+        start, end = recipes[s.image_index].speech_span
         extra = {
             "digit": str(s.digit),
             "motion": s.motion,
             "voice": s.voice,
-            "speaker": AVDIGITS_SPEAKERS[s.voice],
+            "speaker": AVDIGITS_SPEAKERS.get(s.voice, s.voice),
             "image_index": str(s.image_index),
-            "speech_start": f"{recipe.offset / SAMPLE_RATE:.4f}",
-            "speech_end": f"{speech_end / SAMPLE_RATE:.4f}",
+            "speech_start": f"{start / SAMPLE_RATE:.4f}",
+            "speech_end": f"{min(end, num_samples) / SAMPLE_RATE:.4f}",
         }
-        fold = AVDIGITS_VOICES.index(s.voice)
+        if version > 1:
+            extra["language"] = synthetic.get(s.voice) or REAL_LANGUAGES[s.voice]
+            extra["synthetic"] = "1" if s.voice in synthetic else "0"
+        fold = AVDIGITS_VOICES.index(s.voice) if s.voice in AVDIGITS_VOICES else None
         rows.append(ManifestRow(s.relpath, (str(s.digit),), s.split, fold, 0.0, seconds, extra))
     return Manifest(rows)
 
@@ -504,8 +611,9 @@ def prepare_avdigits(
     size: int = CANVAS_SIZE,
     workers: int = 2,
     cache_dir: str | Path | None = None,
+    version: int = 1,
 ) -> Path:
-    """Build AV-Digits into ``out`` and return the path of its ``manifest.csv``.
+    """Build AV-Digits ``version`` (1 or 2, see the module docstring) into ``out`` and return its ``manifest.csv``.
 
     One clip per MNIST image (5,000) by default; ``tiny`` gives :data:`TINY_NUM_CLIPS`; ``num_clips`` overrides both.
     Same arguments give a byte-identical manifest. A finished build with the same arguments returns at once; an
@@ -519,8 +627,10 @@ def prepare_avdigits(
         raise ValueError(f"num_clips must be in 1..5000, got {count}")
     if size % 2 or size < 16:
         raise ValueError(f"size must be even (H.264) and at least 16, got {size}")
+    if version not in AVDIGITS_VERSIONS:
+        raise ValueError(f"AV-Digits version must be one of {sorted(AVDIGITS_VERSIONS)}, got {version}")
     build = {
-        "version": AVDIGITS_VERSION,
+        "version": AVDIGITS_VERSIONS[version],
         "seed": seed,
         "num_clips": 5000 if count is None else count,
         "num_frames": num_frames,
@@ -541,11 +651,12 @@ def prepare_avdigits(
 
     # sources and the plan: every random choice is made here, per clip from (seed, image index)
     images, labels = load_mnist_5k(out / ".cache" if cache_dir is None else cache_dir)
-    recordings = {(v, d): load_spoken_digit(v, d) for v in AVDIGITS_VOICES for d in range(10)}
-    specs = plan_clips(labels, seed, count)
+    specs = plan_clips(labels, seed, count, version)
+    recordings = {(v, d): load_spoken_digit(v, d) for v in sorted({s.voice for s in specs}) for d in range(10)}
     recipes = {
         s.image_index: make_recipe(
-            seed, s.image_index, s.motion, len(recordings[s.voice, s.digit]), num_frames, fps, size, SAMPLE_RATE
+            seed, s.image_index, s.motion, len(recordings[s.voice, s.digit]), num_frames, fps, size, SAMPLE_RATE,
+            version,
         )
         for s in specs
     }
@@ -563,7 +674,7 @@ def prepare_avdigits(
     _encode_missing(jobs, len(specs), workers, progress)
 
     # manifest and documentation; info.json last, as the mark of a finished build
-    manifest = _manifest(specs, recipes, num_frames / fps, num_samples)
+    manifest = _manifest(specs, recipes, num_frames / fps, num_samples, version)
     os.replace(write_manifest(manifest, out / ".manifest.tmp"), manifest_path)
     counts = _count(specs)
     size_bytes = sum((out / s.relpath).stat().st_size for s in specs)
