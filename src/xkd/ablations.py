@@ -25,7 +25,7 @@ from xkd.eval.metrics import mean_std
 log = logging.getLogger(__name__)
 
 RANDOM = "random-init"
-PROTOCOL = "ridge-standardised-1"  # the evaluation recorded per seed; a change re-evaluates finished runs
+PROTOCOL = "ridge-standardised-2"  # the evaluation recorded per seed; a change re-evaluates finished runs
 
 
 @dataclass(frozen=True)

@@ -514,7 +514,7 @@ def _demo_parser(sub) -> None:
         "demo",
         "the whole method on a CPU: build AV-Digits, pretrain XKD and MAE, evaluate, write a report",
         "Build AV-Digits if missing, pretrain XKD and the MAE-only baseline with the CPU recipes, evaluate XKD,\n"
-        "MAE-only and a random-init encoder (linear SVM: video digit, video motion, audio digit leave-one-voice-out,\n"
+        "MAE-only and a random-init encoder (ridge classifier: video digit, video motion, audio digit leave-one-voice-out,\n"
         "audio+video digit) and write report.md (table, loss curves, 2-D feature projection). Finished steps are\n"
         "reused when the demo runs again with the same --out.",
     )
@@ -547,8 +547,8 @@ def _ablations_parser(sub) -> None:
         "the XKD paper's ablations on AV-Digits over several seeds, as one table (docs/REPRODUCTION.md)",
         "Pretrain every variant with the AV-Digits CPU recipes for each seed into <out>/<variant>/seed<k>, each a\n"
         "complete schedule of --steps steps, evaluate each seed's models (teachers and students) and a random-init\n"
-        "encoder (its own seed) with the linear SVM on the four AV-Digits tasks, and write <out>/table.md (top-1,\n"
-        "mean ± sample std over seeds, and the C chosen), results.json and timings.json. Finished runs and\n"
+        "encoder (its own seed) with the ridge classifier on the four AV-Digits tasks, and write <out>/table.md (top-1,\n"
+        "mean ± sample std over seeds, and the alpha chosen), results.json and timings.json. Finished runs and\n"
         "evaluations are reused; interrupted runs resume.\n\nvariants:\n"
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
@@ -560,7 +560,7 @@ def _ablations_parser(sub) -> None:
                    help="a subset of the variants (default: all)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.add_argument("--train-clips", type=int, default=1,
-                   help="SVM training clips per video (AV-Digits clips are whole videos: more clips repeat the view)")
+                   help="classifier training clips per video (AV-Digits clips are whole videos: more clips repeat the view)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every run (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")

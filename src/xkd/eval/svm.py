@@ -107,8 +107,9 @@ def svm_protocol(
 
 
 def fit_ridge(train: FeatureSet, alpha: float, standardize: bool = True):
-    """A RidgeClassifier (one-vs-all least squares, closed form) on every training clip, on standardised features."""
-    ridge = RidgeClassifier(alpha=alpha)
+    """A RidgeClassifier (one-vs-all least squares) on every training clip, on standardised features. alpha = 0 is the
+    minimum-norm least-squares fit (LSQR), well defined where features outnumber clips or are collinear."""
+    ridge = RidgeClassifier(alpha=alpha, solver="lsqr" if alpha == 0 else "auto")
     model = make_pipeline(StandardScaler(), ridge) if standardize else ridge
     return model.fit(train.features, train.labels)
 
