@@ -146,3 +146,20 @@ def test_version_2_is_deterministic_and_apart_from_version_1(builds, tmp_path, c
                          version=2)
     with pytest.raises(ValueError, match="version"):
         prepare_avdigits(tmp_path / "v3", num_clips=4, progress=False, cache_dir=cache_dir, version=3)
+
+
+def test_audio_oracle_features_are_finite_and_shaped(builds):
+    """tools/audio_digit_oracle.py (the audio test's oracle in docs/AVDIGITS.md) embeds real v2 clips."""
+    import importlib.util
+    from pathlib import Path
+
+    pytest.importorskip("openwakeword")
+    path = Path(__file__).resolve().parents[1] / "tools" / "audio_digit_oracle.py"
+    spec = importlib.util.spec_from_file_location("audio_digit_oracle", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    manifest = read_manifest(builds[1])
+    feats = tool.clip_features(manifest, np.arange(4), progress=False)
+    assert feats["speech-embedding"].shape == (4, 192) and feats["logmel-stats"].shape == (4, 80)
+    for values in feats.values():
+        assert np.isfinite(values).all() and values.std(axis=0).max() > 0

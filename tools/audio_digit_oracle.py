@@ -26,16 +26,17 @@ from xkd.config import LogMelConfig
 from xkd.data.logmel import LogMel
 from xkd.data.media import decode_clip
 from xkd.eval.features import FeatureSet
+from xkd.eval.metrics import mean_std
 from xkd.eval.svm import ridge_protocol
 from xkd.eval.tasks import avdigits_tasks
 
 
-def clip_features(manifest, rows: np.ndarray) -> dict[str, np.ndarray]:
+def clip_features(manifest, rows: np.ndarray, progress: bool = True) -> dict[str, np.ndarray]:
     """Both feature kinds for the manifest rows: {"speech-embedding": [N, 192], "logmel-stats": [N, 80]}."""
     speech = SpeechEmbeddingTeacher(threads=2)
     logmel = LogMel(LogMelConfig(n_mels=40), normalize=False)
     out = {"speech-embedding": [], "logmel-stats": []}
-    for i in tqdm(rows, desc="audio features", unit="clip"):
+    for i in tqdm(rows, desc="audio features", unit="clip", disable=not progress):
         row = manifest[int(i)]
         start = row.start or 0.0
         wave = decode_clip(manifest.resolve(row), start, (row.end or 2.0) - start, fps=8, video=False).audio
@@ -58,21 +59,20 @@ def main() -> None:
     manifest = task.manifest
     classes = manifest.classes("digit")
     labels = np.array([classes.index(v) for v in manifest.labels_of("digit")])
-    rows = np.unique(np.concatenate([np.concatenate([f.train_rows, f.test_rows]) for f in task.folds]))
+    rows = np.unique(np.concatenate([np.concatenate([f.train_rows, f.test_rows]) for f in task.folds]))  # sorted
     features = clip_features(manifest, rows)
-    where = {int(r): k for k, r in enumerate(rows)}
     results = {}
     for name, feats in features.items():
         scores, alphas = [], []
         for fold in task.folds:
-            sets = [FeatureSet(feats[[where[int(r)] for r in part]], part, labels[part], classes)
+            sets = [FeatureSet(feats[np.searchsorted(rows, part)], part, labels[part], classes)
                     for part in (fold.train_rows, fold.test_rows)]
             result = ridge_protocol(*sets)
             scores.append(100 * result["metrics"]["top1"])
             alphas.append(result["alpha"])
-        results[name] = {"mean": float(np.mean(scores)), "std": float(np.std(scores, ddof=1)), "folds": scores,
-                         "alphas": alphas}
-        print(f"{name}: audio digit top-1 {np.mean(scores):.1f} ± {np.std(scores, ddof=1):.1f} "
+        mean, std = mean_std(scores, ddof=1)
+        results[name] = {"mean": mean, "std": std, "folds": scores, "alphas": alphas}
+        print(f"{name}: audio digit top-1 {mean:.1f} ± {std:.1f} "
               f"(folds {', '.join(f'{s:.1f}' for s in scores)}; alpha {', '.join(f'{a:g}' for a in alphas)})")
     if args.out:
         Path(args.out).write_text(json.dumps({"data": args.data, "split": args.split, "results": results}, indent=2))
