@@ -71,6 +71,7 @@ def _ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip: s
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum must be in [0, 1], got {momentum}")
     student_params = dict(student.named_parameters())
+    targets, sources = [], []
     for name, t in teacher.named_parameters():
         s = student_params.get(name)
         if s is None:
@@ -80,5 +81,7 @@ def _ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip: s
         if id(t) in skip:
             continue
         skip.add(id(t))
-        if momentum != 1.0:
-            t.lerp_(s.detach().to(t.dtype), 1.0 - momentum)
+        targets.append(t)
+        sources.append(s.detach().to(t.dtype))
+    if momentum != 1.0 and targets:
+        torch._foreach_lerp_(targets, sources, 1.0 - momentum)  # one multi-tensor kernel, not one call per tensor

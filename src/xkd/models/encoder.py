@@ -31,6 +31,7 @@ class EncoderOutput:
     tokens: [B, 1+K, D] after the final LayerNorm, CLS first (K = N when unmasked).
     grid: the input's token grid ((T', H', W') or (F', T')).
     mask: [B, N], 0 keep, 1 removed (only when masked). ids_restore: [B, N] (only when masked).
+    patches: [B, N, P], the patchified input, every token (only when masked: the reconstruction target).
     cls_attention: [B, H, K], the last block's attention from CLS to each patch token (softmax over all 1+K keys, CLS
     column dropped; only when asked).
     """
@@ -40,6 +41,7 @@ class EncoderOutput:
     mask: torch.Tensor | None = None
     ids_restore: torch.Tensor | None = None
     cls_attention: torch.Tensor | None = None
+    patches: torch.Tensor | None = None
 
     @property
     def patch_tokens(self) -> torch.Tensor:
@@ -105,14 +107,15 @@ class Encoder(nn.Module):
         grid = self.tokenizer.grid_for(x)
         pos_embed = self.pos_embed_for(grid)  # [1, 1+N, D]
         pos = pos_embed[:, 1:]
-        mask = ids_restore = None
+        mask = ids_restore = patches = None
         if mask_ratio > 0:
             # Mask the raw patches and project only the kept ones: the projection acts on each token alone, so
             # this equals projecting all N tokens, adding the position embedding and masking (spec §A4).
-            patches, mask, ids_restore = random_masking(self.tokenizer.patchify(x), mask_ratio, generator, noise)
-            ids_keep = torch.argsort(ids_restore, dim=1)[:, : patches.shape[1]]  # [B, K]
+            patches = self.tokenizer.patchify(x)
+            kept, mask, ids_restore = random_masking(patches, mask_ratio, generator, noise)
+            ids_keep = torch.argsort(ids_restore, dim=1)[:, : kept.shape[1]]  # [B, K]
             pos = torch.gather(pos.expand(x.shape[0], -1, -1), 1, ids_keep.unsqueeze(-1).expand(-1, -1, self.dim))
-            x = self.tokenizer.proj(patches) + pos  # [B, K, D]
+            x = self.tokenizer.proj(kept) + pos  # [B, K, D]
         else:
             x = self.tokenizer(x) + pos  # [B, N, D]
 
@@ -125,7 +128,7 @@ class Encoder(nn.Module):
             cls_attention = cls_row[:, :, 1:]
         else:
             x = self.blocks(x)
-        return EncoderOutput(self.norm(x), grid, mask, ids_restore, cls_attention)
+        return EncoderOutput(self.norm(x), grid, mask, ids_restore, cls_attention, patches)
 
 
 def _encoder(tokenizer: VideoTokenizer | AudioTokenizer, enc: EncoderConfig, blocks: Transformer | None) -> Encoder:

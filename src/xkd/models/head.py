@@ -33,7 +33,10 @@ class UnitNormLinear(nn.Module):
         return F.normalize(self.weight, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.normalized_weight())
+        # x W_n^T with W_n = W / ||W||_row equals (x W^T) / ||W||_row: the division runs on the [B, out_dim] output,
+        # not on the [out_dim, in_dim] weight (and its gradient), which is the larger one at training batch sizes
+        norms = torch.linalg.vector_norm(self.weight, dim=1).clamp_min(1e-12)  # F.normalize's eps
+        return F.linear(x, self.weight) / norms
 
 
 class DINOHead(nn.Module):

@@ -131,12 +131,15 @@ class XKD(nn.Module):
     def _student_views(
         self, name: str, masked: EncoderOutput, locals_: list[Tensor]
     ) -> list[Tensor]:
-        """Head outputs of a student: [global (visible tokens of the masked pass), local 1, ...], each [B, K]."""
+        """Head outputs of a student: [global (visible tokens of the masked pass), local 1, ...], each [B, K].
+
+        The head acts on each row alone, so its views go through it as one batch [(1 + L) B, D]: one weight gradient
+        per layer instead of one per view (on CPU, the outer-product-shaped [2048, B] x [B, 2048] products and their
+        accumulation were the step's single largest cost at the original code's head size).
+        """
         net = self.student[name]
-        outs = [net.head(pooled(masked))]
-        for view in locals_:
-            outs.append(net.head(pooled(net.encoder(view))))
-        return outs
+        feats = [pooled(masked)] + [pooled(net.encoder(view)) for view in locals_]
+        return list(net.head(torch.cat(feats)).split([f.shape[0] for f in feats]))
 
     @torch.no_grad()
     def _teacher_outputs(self, frames: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
@@ -181,7 +184,7 @@ class XKD(nn.Module):
             if not on:
                 continue
             pred = self.decoder[name](enc.tokens, enc.ids_restore)
-            target = self.student[name].encoder.tokenizer.patchify(x)
+            target = enc.patches if enc.patches is not None else self.student[name].encoder.tokenizer.patchify(x)
             term = reconstruction_loss(pred, target, enc.mask, norm_pix=cfg.loss.norm_pix_loss)
             terms[f"recon_{name}"] = term.detach()
             recon.append(term)
