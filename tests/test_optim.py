@@ -1,11 +1,14 @@
 """AdamW groups, schedules, DINO per-parameter clipping, and the fp32 / bf16 / fp16 step paths."""
 
 import copy
+import logging
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from xkd.engine import optim
 from xkd.engine.optim import (
     NoScaler,
     amp_context,
@@ -14,6 +17,7 @@ from xkd.engine.optim import (
     clip_per_parameter,
     make_grad_scaler,
     param_groups,
+    resolve_amp,
 )
 
 
@@ -210,3 +214,52 @@ def test_fp16_grad_scaler_path_on_cpu():
     restored = make_grad_scaler("fp16", "cpu")
     restored.load_state_dict(scaler.state_dict())
     assert restored.get_scale() == scaler.get_scale()
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_slow_low_precision_falls_back_to_fp32_with_a_warning(monkeypatch, caplog, mode):
+    monkeypatch.setattr(optim, "low_precision_speedup", lambda device, m: 0.23)
+    with caplog.at_level(logging.WARNING, logger="xkd.engine.optim"):
+        assert resolve_amp(mode, "cpu") == "none"
+    (record,) = caplog.records
+    assert f"amp={mode}" in record.getMessage() and "0.23x" in record.getMessage() and "fp32" in record.getMessage()
+    assert resolve_amp(mode, "cpu", force=True) == mode  # forced: kept, and no probe needed
+
+
+@pytest.mark.parametrize("mode", ["bf16", "fp16"])
+def test_fast_low_precision_is_kept(monkeypatch, caplog, mode):
+    monkeypatch.setattr(optim, "low_precision_speedup", lambda device, m: 3.5)
+    with caplog.at_level(logging.WARNING):
+        assert resolve_amp(mode, torch.device("cpu")) == mode
+    assert not caplog.records
+
+
+def test_fp32_needs_no_probe_and_bad_modes_fail(monkeypatch):
+    def probe(device, mode):
+        raise AssertionError("fp32 must not probe")
+
+    monkeypatch.setattr(optim, "low_precision_speedup", probe)
+    assert resolve_amp("none", "cpu") == "none"
+    with pytest.raises(ValueError, match="amp mode"):
+        resolve_amp("fp8", "cpu")
+
+
+def test_the_probe_measures_this_cpu():
+    assert optim.low_precision_speedup("cpu", "bf16", size=64, seconds=0.01) > 0
+
+
+def test_trainer_computes_in_the_resolved_precision(monkeypatch):
+    from xkd.config import PretrainConfig, load_config
+    from xkd.engine.distributed import DistInfo
+    from xkd.engine.pretrain import Trainer
+
+    tiny = ["model.encoder.dim=32", "model.encoder.heads=2", "model.encoder.depth=1", "model.decoder_dim=16",
+            "model.decoder_heads=2", "model.decoder_depth=1", "model.head_hidden=32", "model.head_bottleneck=16",
+            "model.head_out=64", "run.amp=fp16"]
+    config = Path(__file__).parents[1] / "configs" / "pretrain" / "xkd_avdigits_cpu.yaml"
+    info = DistInfo(0, 1, 0, torch.device("cpu"), True)
+    monkeypatch.setattr(optim, "low_precision_speedup", lambda device, m: 0.01)
+    slow = Trainer(load_config(PretrainConfig, config, tiny), info)
+    assert slow.amp == "none" and isinstance(slow.scaler, NoScaler)
+    forced = Trainer(load_config(PretrainConfig, config, [*tiny, "run.force_amp=true"]), info)
+    assert forced.amp == "fp16" and isinstance(forced.scaler, torch.amp.GradScaler)

@@ -1,5 +1,6 @@
-"""DataLoader workers: large freed buffers go back to the system, so a worker's memory stays flat; the training
-process leaves the workers their cores."""
+"""DataLoader workers: large freed buffers go back to the system, so a worker's memory stays flat (a trainer keeps
+them, and a worker forked from a trainer gives them back again); the training process leaves the workers their
+cores."""
 
 import subprocess
 import sys
@@ -8,14 +9,14 @@ import pytest
 import torch
 
 from xkd.data import workers
-from xkd.data.workers import pin_mmap_threshold
+from xkd.host_memory import return_freed_host_memory
 
 # Frees a 4 MiB block (glibc then raises its mmap threshold past 512 KiB), then holds 100 blocks of 512 KiB each
 # followed by a small (8 KiB) long-lived allocation that stops the heap from shrinking, frees the large ones, and prints how
 # much of their memory the process still holds.
 FRAGMENT = """
 import ctypes, ctypes.util, re, sys
-from xkd.data.workers import pin_mmap_threshold
+from xkd.host_memory import keep_freed_host_memory, return_freed_host_memory
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
@@ -25,8 +26,10 @@ def touched(n):
     p = libc.malloc(n)
     ctypes.memset(p, 1, n)
     return p
-if sys.argv[1] == "pinned":
-    assert pin_mmap_threshold()
+if sys.argv[1] in ("trainer", "worker of a trainer"):
+    assert keep_freed_host_memory()
+if sys.argv[1] in ("worker", "worker of a trainer"):
+    assert return_freed_host_memory()
 libc.free(touched(4 << 20))
 before = rss_mb()
 big, small = [], []
@@ -44,10 +47,12 @@ def held_after_free(mode: str) -> float:
     return float(out.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not pin_mmap_threshold(), reason="glibc only")
-def test_pinned_threshold_returns_freed_buffers_to_the_system():
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not return_freed_host_memory(), reason="glibc only")
+def test_workers_return_freed_buffers_to_the_system_and_trainers_keep_them():
     assert held_after_free("default") > 30  # the 50 MiB of freed blocks stay in the fragmented heap
-    assert held_after_free("pinned") < 5
+    assert held_after_free("trainer") > 30  # kept on purpose, for the next step
+    assert held_after_free("worker") < 5
+    assert held_after_free("worker of a trainer") < 5
 
 
 def test_extraction_workers_pin_the_threshold(tmp_path, monkeypatch):
@@ -60,7 +65,7 @@ def test_extraction_workers_pin_the_threshold(tmp_path, monkeypatch):
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    monkeypatch.setattr(workers, "pin_mmap_threshold", lambda: (marks / str(os.getpid())).touch())  # forked workers
+    monkeypatch.setattr(workers, "return_freed_host_memory", lambda: (marks / str(os.getpid())).touch())  # forked workers
     root = tmp_path / "media"
     write_separable(root, per_class_train=1, per_class_test=1)
     opts = ExtractOptions(clips_per_video=1, num_workers=1, progress=False, batch_size=2)

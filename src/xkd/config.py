@@ -167,7 +167,8 @@ class OptimConfig:
 class RunConfig:
     seed: int = 99999
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16"] = "none"  # bf16/fp16 fall back to fp32 where the device is not fast in them
+    force_amp: bool = False  # keep run.amp even where a probe finds it slower than fp32
     max_steps: int = 0  # 0 = run all epochs
     checkpoint_every: int = 500  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 3  # run checkpoints kept on disk (the newest ones)

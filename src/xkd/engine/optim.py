@@ -9,16 +9,23 @@ The training step reads the same with and without fp16 (as in DINO's ``main_dino
     clip_per_parameter(clipped_params, max_norm)
     scaler.step(optimizer)
     scaler.update()
+
+``resolve_amp`` runs before: a precision the device has no fast native support for becomes fp32, with a warning.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
+
+from xkd.engine.flops import measure_matmul_peak
+
+log = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
 EMBEDDING_PARAMS = ("cls_token", "pos_embed", "mask_token")  # matched as the end of a parameter's last name part
@@ -112,6 +119,42 @@ def amp_context(device: torch.device | str, mode: str) -> contextlib.AbstractCon
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if mode == "bf16" else torch.float16
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def low_precision_speedup(device: torch.device | str, mode: str, size: int = 256, seconds: float = 0.05) -> float:
+    """Matmul rate of ``mode``'s dtype over the fp32 rate on ``device``: a probe of about 0.2 s.
+
+    Above 1 where the hardware computes in that precision natively (AMX or AVX-512 BF16 CPUs, GPUs); far below 1
+    where it is emulated (bf16 on a CPU with only AVX-512F ran at 0.23x fp32, fp16 at 0.01x).
+    """
+    dtype = torch.bfloat16 if mode == "bf16" else torch.float16
+    fp32 = measure_matmul_peak(device, torch.float32, size, seconds)
+    return measure_matmul_peak(device, dtype, size, seconds) / fp32
+
+
+def resolve_amp(mode: str, device: torch.device | str, force: bool = False) -> str:
+    """The precision a run should use for the requested ``mode``: ``mode`` itself, or "none" (fp32) with a
+    one-line warning where the device has no fast native support for it, unless ``force``.
+
+    CUDA: bf16 needs a GPU that supports it (``torch.cuda.is_bf16_supported``); fp16 is kept. CPU: a short matmul
+    probe (:func:`low_precision_speedup`) keeps ``mode`` only if it is at least as fast as fp32.
+    """
+    if mode not in AMP_MODES:
+        raise ValueError(f"amp mode must be one of {AMP_MODES}, got {mode!r}")
+    device = torch.device(device)
+    if mode == "none" or force:
+        return mode
+    if device.type == "cuda":
+        if mode == "bf16" and not torch.cuda.is_bf16_supported():
+            log.warning("amp=bf16: this GPU has no native bf16, so the run uses fp32 (amp=fp16, or force_amp=true keeps bf16)")
+            return "none"
+        return mode
+    speedup = low_precision_speedup(device, mode)
+    if speedup < 1.0:
+        log.warning("amp=%s: this %s runs %s matmuls at %.2fx the fp32 rate (no fast native %s), so the run uses fp32 "
+                    "(force_amp=true keeps %s)", mode, device.type.upper(), mode, speedup, mode, mode)
+        return "none"
+    return mode
 
 
 class NoScaler:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -39,8 +40,10 @@ from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from xkd.engine.flops import count_flops, measure_matmul_peak
 from xkd.engine.logger import RunLogger, plot_metrics
-from xkd.engine.optim import amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler, param_groups
+from xkd.engine.optim import (amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler,
+                              param_groups, resolve_amp)
 from xkd.engine.schedules import build_schedules, schedule_length
+from xkd.host_memory import keep_freed_host_memory
 from xkd.models.xkd import XKD
 
 log = logging.getLogger(__name__)
@@ -127,12 +130,16 @@ def parameter_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _first_nonfinite(terms: dict[str, torch.Tensor]) -> str | None:
+def _terms_to_host(terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Scalar loss terms as Python floats, read from the device in one copy (one host sync, not one per term)."""
+    names = list(terms)
+    values = torch.stack([terms[n].detach().float().reshape(()) for n in names]).tolist()
+    return dict(zip(names, values))
+
+
+def _first_nonfinite(terms: dict[str, float]) -> str | None:
     """The name of the first non-finite loss term, or None."""
-    for name, value in terms.items():
-        if not torch.isfinite(value).all():
-            return name
-    return None
+    return next((name for name, value in terms.items() if not math.isfinite(value)), None)
 
 
 @dataclass
@@ -157,6 +164,8 @@ class Trainer:
         self.dist = dist_info
         device = dist_info.device
         torch.manual_seed(cfg.run.seed)
+        if device.type == "cpu":
+            keep_freed_host_memory()  # the step's large buffers stay in the heap between steps (5-7% faster)
         self.model = XKD(cfg).to(device)
         groups = param_groups(
             self.model.trainable_modules(),
@@ -165,7 +174,8 @@ class Trainer:
         )
         self.clipped = [p for g in groups if g["clip"] for p in g["params"]]
         self.optimizer = build_optimizer(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
-        self.scaler = make_grad_scaler(cfg.run.amp, device)
+        self.amp = resolve_amp(cfg.run.amp, device, cfg.run.force_amp)  # the precision this run computes in
+        self.scaler = make_grad_scaler(self.amp, device)
         self.train_model: torch.nn.Module = self.model
         if dist_info.world_size > 1:
             self.train_model = DistributedDataParallel(
@@ -180,7 +190,8 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"]:  # empty when saved by a run without fp16 loss scaling
+            self.scaler.load_state_dict(state["scaler"])
 
     def _forward_backward(self, batch: dict, step: int, micro: int, temps: tuple[float, float]) -> dict:
         cfg, device = self.cfg, self.dist.device
@@ -191,7 +202,7 @@ class Trainer:
         last = micro == accum - 1
         sync = nullcontext() if last or self.dist.world_size == 1 else self.train_model.no_sync()
         with sync:
-            with amp_context(device, cfg.run.amp):
+            with amp_context(device, self.amp):
                 loss, terms = self.train_model(frames, audio, temps, noise)
             self.scaler.scale(loss / accum).backward()
         return terms
@@ -212,9 +223,10 @@ class Trainer:
                 terms = captured
             else:
                 terms = self._forward_backward(batch, step, micro, temps)
-            nonfinite = nonfinite or _first_nonfinite(terms)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v) / cfg.optim.accum_steps
+            host = _terms_to_host(terms)
+            nonfinite = nonfinite or _first_nonfinite(host)
+            for k, v in host.items():
+                sums[k] = sums.get(k, 0.0) + v / cfg.optim.accum_steps
         grad_norms = None
         if nonfinite is None:
             self.scaler.unscale_(self.optimizer)

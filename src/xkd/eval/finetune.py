@@ -73,7 +73,7 @@ from xkd.engine.distributed import (
     init_distributed,
     is_dist,
 )
-from xkd.engine.optim import EMBEDDING_PARAMS, amp_context, build_optimizer, make_grad_scaler
+from xkd.engine.optim import EMBEDDING_PARAMS, amp_context, build_optimizer, make_grad_scaler, resolve_amp
 from xkd.engine.schedules import cosine_schedule
 from xkd.eval.features import FeatureSet, group_mean, split_by_video
 from xkd.eval.metrics import evaluate_clip_scores
@@ -131,7 +131,8 @@ class FinetuneConfig:
     val_clips: int = 1
     val_fraction: float = 0.1  # of the training rows; 0 = no val split, the last epoch is tested
     # run
-    amp: Literal["none", "bf16", "fp16"] = "none"
+    amp: Literal["none", "bf16", "fp16"] = "none"  # falls back to fp32 where the device is not fast in it
+    force_amp: bool = False  # keep amp even where a probe finds it slower than fp32
     seed: int = 0
     num_workers: int = 2
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -558,7 +559,8 @@ def _finetune(encoder, train, test, label_column, modality, cfg, data_cfg, out_d
     lr_schedule = cosine_schedule(cfg.lr, cfg.min_lr, cfg.epochs * steps_per_epoch,
                                   cfg.warmup_epochs * steps_per_epoch, cfg.warmup_start_lr)
     bad = BadMediaReport()
-    eval_args = dict(batch_size=cfg.batch_size, device=device, num_workers=cfg.num_workers, amp=cfg.amp,
+    amp = resolve_amp(cfg.amp, device, cfg.force_amp)
+    eval_args = dict(batch_size=cfg.batch_size, device=device, num_workers=cfg.num_workers, amp=amp,
                      multilabel=cfg.multilabel, bad=bad, progress=show)
 
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -568,7 +570,7 @@ def _finetune(encoder, train, test, label_column, modality, cfg, data_cfg, out_d
         classifier = classifier.to(device).requires_grad_(True)
         groups = layer_decay_groups(classifier, cfg.lr, cfg.weight_decay, cfg.layer_decay)
         optimizer = build_optimizer(groups, cfg.lr, cfg.betas, cfg.weight_decay)
-        scaler = make_grad_scaler(cfg.amp, device)
+        scaler = make_grad_scaler(amp, device)
         model: nn.Module = classifier
         if info.world_size > 1:
             model = DistributedDataParallel(classifier, device_ids=[device.index] if device.type == "cuda" else None)
@@ -601,7 +603,7 @@ def _finetune(encoder, train, test, label_column, modality, cfg, data_cfg, out_d
                                           cfg.switch_prob)
                 last = (micro + 1) % cfg.accum_steps == 0
                 with nullcontext() if last or info.world_size == 1 else model.no_sync():
-                    with amp_context(device, cfg.amp):
+                    with amp_context(device, amp):
                         logits = model(x)
                     loss = soft_target_loss(logits.float(), targets, cfg.multilabel)
                     value = loss.item()
