@@ -200,6 +200,42 @@ def test_weights_round_trip(tmp_path):
         load_weights(path, parts=["audio_teacher"])
 
 
+def _damaged_weights(tmp_path, kind):
+    good = save_weights(tmp_path / "good.safetensors", {"video_student": {"w": torch.randn(64, 64)}}, {"m": "1"})
+    data = good.read_bytes()
+    damaged = {
+        "truncated": data[: len(data) // 2],
+        "random": bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
+        "header-too-large": struct.pack("<Q", 10**9) + data[8:],  # the header claims more bytes than the file has
+        "empty": b"",
+    }[kind]
+    path = tmp_path / f"{kind}.safetensors"
+    path.write_bytes(damaged)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["truncated", "random", "header-too-large", "empty"])
+def test_damaged_weights_file_is_a_checkpoint_error_naming_the_file(tmp_path, kind):
+    path = _damaged_weights(tmp_path, kind)
+    for read in (load_weights, list_parts):
+        with pytest.raises(CheckpointError, match=f"{kind}.safetensors: not a readable safetensors weights file"):
+            read(path)
+    with pytest.raises(FileNotFoundError, match="no weights file"):
+        load_weights(tmp_path / "missing.safetensors")
+
+
+def test_cli_reports_a_damaged_weights_file_in_one_line(tmp_path, capsys):
+    from xkd.cli import main
+
+    path = _damaged_weights(tmp_path, "truncated")
+    code = main(["extract", "--weights", str(path), "--input", str(tmp_path), "--out", str(tmp_path / "f.npz"),
+                 "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("xkd extract: error:") and "truncated.safetensors" in err
+
+
 def test_weights_argument_checks(tmp_path):
     sd = {"w": torch.zeros(2)}
     with pytest.raises(ValueError, match="contain no '.'"):

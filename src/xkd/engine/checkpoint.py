@@ -20,6 +20,7 @@ Clean weights (:func:`save_weights` / :func:`load_weights`) are one safetensors 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -36,7 +37,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 CHECKPOINT_DIR = "checkpoints"
@@ -358,7 +359,7 @@ def load_weights(
     """Read a :func:`save_weights` file: ``({part: {param: tensor}}, metadata)``; ``parts`` limits what is read."""
     wanted = None if parts is None else set(parts)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    with safe_open(str(path), framework="pt", device=device) as f:
+    with _open_weights(path, device) as f:
         metadata = dict(f.metadata() or {})
         for key in f.keys():
             part, _, name = key.partition(".")
@@ -371,5 +372,19 @@ def load_weights(
 
 def list_parts(path: str | os.PathLike) -> list[str]:
     """The sorted part names in a :func:`save_weights` file (reads only the header)."""
-    with safe_open(str(path), framework="pt") as f:
+    with _open_weights(path) as f:
         return sorted({key.partition(".")[0] for key in f.keys()})
+
+
+@contextlib.contextmanager
+def _open_weights(path: str | os.PathLike, device: str = "cpu"):
+    """``safe_open`` of a weights file, with a damaged file (truncated, not safetensors, a header that lies about its
+    size) raised as :class:`CheckpointError` naming the file, not as the reader's own error."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no weights file {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=device) as f:
+            yield f
+    except SafetensorError as err:
+        raise CheckpointError(f"{path}: not a readable safetensors weights file ({err}); "
+                              "it may be truncated or damaged, or another format") from None
