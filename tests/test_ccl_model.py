@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from xkd.ccl.composition import Composition
@@ -141,3 +142,32 @@ def test_teacher_receives_no_gradient_and_stays_bit_identical():
 def test_freeze_sets_eval_and_no_grad():
     m = freeze(nn.Sequential(nn.Linear(2, 2), nn.Dropout()))
     assert not m.training and not any(p.requires_grad for p in m.parameters())
+
+
+def _alignment_after_training(mapped: frozenset[str]) -> float:
+    """Train the video side on L_v against signed class prototypes (standardised teacher features, an oracle that
+    knows the label); return the mean cosine between the student's mapped feature and its teacher feature."""
+    torch.manual_seed(0)
+    model = CCL(tiny_student(), 3, {"image": WIDTHS[-1]}, {"image": 0.1}, mapped=mapped)
+    video, labels, _ = batch()
+    prototypes = torch.randn(3, WIDTHS[-1], generator=torch.Generator().manual_seed(2))
+    teachers = {"image": (prototypes[labels], torch.ones(len(labels), dtype=torch.bool))}
+    optimizer = torch.optim.Adam(model.video_parameters(), lr=1e-2)
+    for _ in range(60):
+        loss_v, _, _ = model.losses(video, labels, teachers)
+        optimizer.zero_grad()
+        loss_v.backward()
+        optimizer.step()
+    _, x_v = model.student(video)
+    assert (x_v >= 0).all()  # ReLU then average pooling
+    return F.cosine_similarity(model.projections["image"](x_v), prototypes[labels]).mean().item()
+
+
+def test_standardised_teacher_features_are_reached_through_a_linear_map():
+    # A non-negative x_v has cosine at most |t+| / |t| with a signed t: through the identity the student cannot point
+    # along standardised teacher features, even an oracle's (measured: 0.08 after 60 steps); through the map it can
+    # (0.58). The NCE values barely differ (1.39 vs 1.43: the loss is relative), so only the alignment shows it.
+    assert isinstance(CCL(tiny_student(), 3, {"image": WIDTHS[-1]}, {}, mapped=frozenset({"image"})).projections["image"],
+                      nn.Linear)
+    assert _alignment_after_training(frozenset({"image"})) > 0.45
+    assert _alignment_after_training(frozenset()) < 0.25

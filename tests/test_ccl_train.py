@@ -14,7 +14,7 @@ from xkd.ccl.benchmark import results_table, run_dir
 from xkd.ccl.cli import add_ccl_parser
 from xkd.ccl.config import CCLConfig
 from xkd.ccl.data import load_split
-from xkd.ccl.train import BEST_WEIGHTS, RESULTS, load_student, lr_at, train_ccl
+from xkd.ccl.train import BEST_WEIGHTS, RESULTS, load_student, lr_at, mapped_teachers, train_ccl
 from xkd.config_io import load_config
 from xkd.data.manifest import Manifest, ManifestRow, write_manifest
 from xkd.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
@@ -160,3 +160,17 @@ def test_validation_can_be_held_out_of_the_training_split(setup):
 def test_shipped_configs_load(name):
     cfg = load_config(CCLConfig, Path(__file__).parents[1] / "configs" / "ccl" / name)
     assert set(cfg.teachers()) == {"audio", "image"}
+
+
+@pytest.mark.parametrize("rule, standardize, want", [
+    ("auto", (False, False), set()),  # the released code: identity at equal sizes
+    ("auto", (True, False), {"audio"}),  # a standardised teacher's signed features need the map
+    ("linear", (False, False), {"audio", "image"}),
+    ("identity", (True, True), set()),
+])
+def test_which_teachers_meet_x_v_through_a_linear_map(rule, standardize, want):
+    cfg = CCLConfig()
+    cfg.loss.variant, cfg.loss.projection = "ccl-ai", rule
+    cfg.audio_teacher.kind, cfg.image_teacher.kind = "openwakeword", "ccexam-mnist"
+    cfg.audio_teacher.standardize, cfg.image_teacher.standardize = standardize
+    assert mapped_teachers(cfg) == want

@@ -85,6 +85,10 @@ class TeacherConfig:
 class CCLLossConfig:
     variant: Literal["baseline", "ccl-a", "ccl-i", "ccl-ai"] = "ccl-ai"
     two_teacher_weight: float = 0.5  # CCL-AI: weight of each teacher's terms in the video loss (--loss_weight)
+    # how x_v meets a teacher's features in the pair losses: "auto" = the identity where D_t = D_v and the teacher's
+    # features are not standardised, a learned linear map otherwise; "linear" = always the map; "identity" = the
+    # identity wherever D_t = D_v, standardised or not (the released code's rule)
+    projection: Literal["auto", "linear", "identity"] = "auto"
 
 
 @dataclass

@@ -14,7 +14,9 @@ released code's order of backward passes and ``zero_grad`` calls): the video net
 each composition module from L_t + L_v.
 
 When a teacher's feature size D_t differs from the student's D_v, a linear map of x_v into R^{D_t} (part of the
-video network) is used for the pair losses; with equal sizes it is the identity, as in the released code.
+video network) is used for the pair losses; with equal sizes it is the identity, as in the released code, except for
+the teachers in ``mapped``: those whose features are standardised (zero-mean, signed), which the student's
+non-negative x_v (ReLU, then average pooling) cannot point along without a map (docs/CCL.md, "Diagnosis").
 Clips a teacher has no features for (a file without audio) are left out of that teacher's terms.
 """
 
@@ -30,16 +32,18 @@ from xkd.ccl.r2plus1d import R2Plus1D
 
 
 class CCL(nn.Module):
-    """Student + compositions. ``teacher_dims``: {modality: D_t}; ``temperatures``: {modality: tau}."""
+    """Student + compositions. ``teacher_dims``: {modality: D_t}; ``temperatures``: {modality: tau}; ``mapped``: the
+    modalities whose pair losses see x_v through a learned linear map even when D_t = D_v."""
 
     def __init__(self, student: R2Plus1D, num_classes: int, teacher_dims: dict[str, int],
-                 temperatures: dict[str, float], two_teacher_weight: float = 0.5):
+                 temperatures: dict[str, float], two_teacher_weight: float = 0.5, mapped: frozenset[str] = frozenset()):
         super().__init__()
         self.student = student
         d_v = student.feature_dim
         self.compositions = nn.ModuleDict({m: Composition(d, d_v, num_classes) for m, d in teacher_dims.items()})
         self.projections = nn.ModuleDict(
-            {m: nn.Identity() if d == d_v else nn.Linear(d_v, d, bias=False) for m, d in teacher_dims.items()}
+            {m: nn.Identity() if d == d_v and m not in mapped else nn.Linear(d_v, d, bias=False)
+             for m, d in teacher_dims.items()}
         )
         self.temperatures = dict(temperatures)
         self.weight = two_teacher_weight if len(teacher_dims) > 1 else 1.0

@@ -57,6 +57,13 @@ def build_student(cfg: CCLConfig, num_classes: int) -> R2Plus1D:
     return R2Plus1D(num_classes, s.depth, s.one_block_per_stage, s.widths, cfg.data.mean, cfg.data.std)
 
 
+def mapped_teachers(cfg: CCLConfig) -> frozenset[str]:
+    """The teachers whose pair losses see x_v through a learned linear map even when D_t = D_v (``loss.projection``):
+    all with "linear", the standardised ones with "auto", none with "identity"."""
+    rule = cfg.loss.projection
+    return frozenset(m for m, t in cfg.teachers().items() if rule == "linear" or (rule == "auto" and t.standardize))
+
+
 def lr_at(cfg: CCLConfig, epoch: int) -> float:
     """The step schedule: ``lr * gamma^k`` with k the number of milestones <= epoch (MultiStepLR)."""
     o = cfg.optim
@@ -173,7 +180,8 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
     teacher_inputs = _TeacherInputs(cfg, teachers, banks, stats, device)
     torch.manual_seed(cfg.run.seed)  # here: data loading above draws from the global generator on cache misses only
     model = CCL(build_student(cfg, len(names)), len(names), {m: t.dim for m, t in teachers.items()},
-                {m: cfg.teachers()[m].temperature for m in teachers}, cfg.loss.two_teacher_weight).to(device)
+                {m: cfg.teachers()[m].temperature for m in teachers}, cfg.loss.two_teacher_weight,
+                mapped_teachers(cfg)).to(device)
     groups = [{"params": model.video_parameters(), "role": "video"}]
     if model.composition_parameters():
         groups.append({"params": model.composition_parameters(), "role": "composition"})
