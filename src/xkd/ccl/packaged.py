@@ -85,11 +85,18 @@ class MnistCNNTeacher(Teacher):
         self.center = center_digit
         self._identity += [file_digest(path), f"center={center_digit}"]
 
-    def _features(self, images: Tensor) -> Tensor:
+    def _conv_features(self, images: Tensor) -> Tensor:
         gray = grayscale(images)
         gray = center_digit(gray) if self.center else resize_images(gray, MNIST_SIZE)
-        x = self.net.features((gray - MNIST_MEAN) / MNIST_STD).flatten(1)
-        return self.net.classifier[:2](x)  # Linear(3136, 128) + ReLU
+        return self.net.features((gray - MNIST_MEAN) / MNIST_STD).flatten(1)
+
+    def _features(self, images: Tensor) -> Tensor:
+        return self.net.classifier[:2](self._conv_features(images))  # Linear(3136, 128) + ReLU
+
+    @torch.no_grad()
+    def digit_logits(self, images: Tensor) -> Tensor:
+        """The MNIST classifier's own output, a zero-shot digit reader: images [B, 3, H, W] in [0, 1] -> [B, 10]."""
+        return self.net.classifier(self._conv_features(images.float()))
 
 
 class EfficientNetLite0Teacher(Teacher):
