@@ -12,6 +12,7 @@ from torch import nn
 from xkd.ccl.config import TeacherConfig
 from xkd.ccl.packaged import MNIST_INK_RADIUS, center_digit
 from xkd.ccl.teachers import Teacher, TeacherUnavailableError, build_teacher, package_file
+from xkd.engine.checkpoint import CheckpointError
 
 
 class TinyImageNet(nn.Module):
@@ -90,6 +91,10 @@ def test_missing_teacher_files_and_packages_say_how_to_get_them(tmp_path):
     bad_factory = TeacherConfig(kind="safetensors", path=str(tmp_path / "w.safetensors"), factory="torch.nn.Linear")
     with pytest.raises(ValueError, match="factory must be"):
         build_teacher(bad_factory, "image", 2.0)
+    empty = TeacherConfig(kind="safetensors", path=str(tmp_path / "w.safetensors"), factory="torch.nn:Linear",
+                          factory_kwargs={"in_features": 4, "out_features": 2})
+    with pytest.raises(CheckpointError, match="w.safetensors: not a readable safetensors weights file"):
+        build_teacher(empty, "image", 2.0)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime not installed")

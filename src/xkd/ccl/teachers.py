@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from xkd.ccl.config import TeacherConfig
 from xkd.data.video_views import LUMA_WEIGHTS
+from xkd.engine.checkpoint import open_safetensors
 
 TEACHER_KINDS = ("ccexam-mnist", "efficientnet-lite0", "openwakeword", "torchscript", "onnx", "safetensors")
 CCL_EXTRA = "pip install 'xkd[ccl]'"
@@ -306,14 +307,13 @@ def build_teacher(cfg: TeacherConfig, modality: str, clip_duration: float) -> Te
         path = user_file(cfg.path, kind)
         teacher = OnnxTeacher(f"onnx-{path.stem}", path, cfg, modality, _probe_input(cfg, modality, clip_duration))
     else:
-        from safetensors.torch import load_file
-
         path = user_file(cfg.path, kind)
         if not cfg.factory:
             raise ValueError("a 'safetensors' teacher needs 'factory' = 'package.module:function' that builds the "
                              "nn.Module its weights belong to")
         module = _factory(cfg.factory)(**cfg.factory_kwargs)
-        module.load_state_dict(load_file(str(path)), strict=True)
+        with open_safetensors(path) as f:
+            module.load_state_dict({key: f.get_tensor(key) for key in f.keys()}, strict=True)
         teacher = ModuleTeacher(f"safetensors-{path.stem}", module, cfg, modality,
                                 f"{file_digest(path)}:{cfg.factory}:{sorted(cfg.factory_kwargs.items())}",
                                 _probe_input(cfg, modality, clip_duration))

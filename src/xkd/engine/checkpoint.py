@@ -359,7 +359,7 @@ def load_weights(
     """Read a :func:`save_weights` file: ``({part: {param: tensor}}, metadata)``; ``parts`` limits what is read."""
     wanted = None if parts is None else set(parts)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    with _open_weights(path, device) as f:
+    with open_safetensors(path, device) as f:
         metadata = dict(f.metadata() or {})
         for key in f.keys():
             part, _, name = key.partition(".")
@@ -372,13 +372,14 @@ def load_weights(
 
 def list_parts(path: str | os.PathLike) -> list[str]:
     """The sorted part names in a :func:`save_weights` file (reads only the header)."""
-    with _open_weights(path) as f:
+    with open_safetensors(path) as f:
         return sorted({key.partition(".")[0] for key in f.keys()})
 
 
 @contextlib.contextmanager
-def _open_weights(path: str | os.PathLike, device: str = "cpu"):
-    """``safe_open`` of a weights file, with a damaged file (truncated, not safetensors, a header that lies about its
+def open_safetensors(path: str | os.PathLike, device: str = "cpu"):
+    """``safe_open`` of any safetensors file (``with open_safetensors(p) as f: f.keys(), f.get_tensor(k)``), with a
+    damaged file (truncated, not safetensors, a header that lies about its
     size) raised as :class:`CheckpointError` naming the file, not as the reader's own error."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no weights file {path}")
