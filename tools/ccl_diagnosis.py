@@ -87,6 +87,7 @@ def probe(cfg: CCLConfig, seed: int) -> dict[str, float]:
 
 def oracle(cfg: CCLConfig, kind: str, out_dir: str) -> dict[str, float]:
     num_classes = len(class_names(cfg.data))
+    prototypes: dict[int, torch.Tensor] = {}  # teacher size -> one fixed vector per class, the same in every step
 
     class OracleCCL(CCL):
         """CCL whose teacher features are replaced by the label (``kind``), before the pair losses see them."""
@@ -97,9 +98,11 @@ def oracle(cfg: CCLConfig, kind: str, out_dir: str) -> dict[str, float]:
                 if kind == "onehot":
                     label_features = torch.zeros_like(x_t)
                     label_features[torch.arange(len(labels)), labels] = 1.0
-                else:  # the same vectors in every step
-                    prototypes = torch.randn(num_classes, x_t.shape[1], generator=torch.Generator().manual_seed(1234))
-                    label_features = prototypes[labels].to(x_t)
+                else:
+                    d = x_t.shape[1]
+                    if d not in prototypes:
+                        prototypes[d] = torch.randn(num_classes, d, generator=torch.Generator().manual_seed(1234))
+                    label_features = prototypes[d][labels].to(x_t)
                 replaced[m] = (label_features, available)
             return super().losses(video, labels, replaced)
 

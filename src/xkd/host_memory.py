@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 
 M_TRIM_THRESHOLD = -1  # mallopt parameter numbers in glibc's malloc.h
 M_MMAP_THRESHOLD = -3
@@ -26,16 +27,23 @@ TRAINER_MMAP_THRESHOLD = 32 * 2**20  # the largest value glibc accepts on 64-bit
 TRAINER_TRIM_THRESHOLD = 2**31 - 1
 
 
-def _mallopt(option: int, value: int) -> bool:
+@functools.cache
+def _libc_mallopt():
+    """glibc's ``mallopt``, or None off glibc; looked up once per process (``find_library`` runs a subprocess)."""
     name = ctypes.util.find_library("c")
     if name is None:
-        return False
+        return None
     try:
         mallopt = ctypes.CDLL(name).mallopt
     except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
-        return False
+        return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(option, value))
+    return mallopt
+
+
+def _mallopt(option: int, value: int) -> bool:
+    mallopt = _libc_mallopt()
+    return mallopt is not None and bool(mallopt(option, value))
 
 
 def return_freed_host_memory(mmap_threshold: int = WORKER_MMAP_THRESHOLD) -> bool:

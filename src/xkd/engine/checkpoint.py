@@ -379,8 +379,8 @@ def list_parts(path: str | os.PathLike) -> list[str]:
 @contextlib.contextmanager
 def open_safetensors(path: str | os.PathLike, device: str = "cpu"):
     """``safe_open`` of any safetensors file (``with open_safetensors(p) as f: f.keys(), f.get_tensor(k)``), with a
-    damaged file (truncated, not safetensors, a header that lies about its
-    size) raised as :class:`CheckpointError` naming the file, not as the reader's own error."""
+    damaged file (truncated, not safetensors, a header that lies about its size) raised as :class:`CheckpointError`
+    naming the file, not as the reader's own error."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"no weights file {path}")
     try:

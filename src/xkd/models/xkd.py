@@ -180,12 +180,12 @@ class XKD(nn.Module):
         weighted, weight_sum = [], 0.0
 
         recon = []
-        for name, enc, x, on in (("video", enc_v, frames[0], obj.recon_video), ("audio", enc_a, audio[0], obj.recon_audio)):
+        for name, enc, on in (("video", enc_v, obj.recon_video), ("audio", enc_a, obj.recon_audio)):
             if not on:
                 continue
             pred = self.decoder[name](enc.tokens, enc.ids_restore)
-            target = enc.patches if enc.patches is not None else self.student[name].encoder.tokenizer.patchify(x)
-            term = reconstruction_loss(pred, target, enc.mask, norm_pix=cfg.loss.norm_pix_loss)
+            # the target is the input's patches, which the masked encoder already made
+            term = reconstruction_loss(pred, enc.patches, enc.mask, norm_pix=cfg.loss.norm_pix_loss)
             terms[f"recon_{name}"] = term.detach()
             recon.append(term)
         if recon:
