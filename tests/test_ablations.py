@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 from xkd.ablations import VARIANTS, table
 from xkd.cli import main
 

@@ -11,7 +11,8 @@ from torch import nn
 
 from xkd.ccl.config import TeacherConfig
 from xkd.ccl.packaged import MNIST_INK_RADIUS, center_digit
-from xkd.ccl.teachers import Teacher, TeacherUnavailableError, build_teacher, package_file
+from xkd.ccl.teacher_kinds import build_teacher
+from xkd.ccl.teachers import Teacher, TeacherUnavailableError, package_file
 from xkd.engine.checkpoint import CheckpointError
 
 

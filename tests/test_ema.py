@@ -1,11 +1,9 @@
-import math
-
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from xkd.engine.ema import cosine_momentum_schedule, ema_update, ema_update_pairs, teacher_from_student
+from xkd.models.ema import ema_update, ema_update_pairs, teacher_from_student
 
 
 def tiny_net(seed, with_decoder=False):
@@ -120,15 +118,3 @@ def test_shared_teacher_blocks_single_or_double_ema(update_shared_once):
 def test_ema_update_pairs_rejects_a_wrong_number_of_momenta():
     with pytest.raises(ValueError):
         ema_update_pairs([(tiny_net(0), tiny_net(1))], [0.9, 0.9])
-
-
-def test_cosine_momentum_schedule():
-    K = 101
-    m = cosine_momentum_schedule(0.997, 1.0, total_iters=K)
-    assert m.shape == (K,)
-    assert m[0] == 0.997
-    assert m[K // 2] == pytest.approx(0.9985, abs=1e-12)
-    assert m[-1] == 1.0  # ends exactly at the final momentum
-    assert np.all(np.diff(m) > 0)
-    for k in (7, 33, 81):
-        assert m[k] == pytest.approx(1.0 - 0.5 * (1 - 0.997) * (1 + math.cos(math.pi * k / (K - 1))), abs=1e-15)

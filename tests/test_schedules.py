@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from xkd.config import LossConfig, OptimConfig
-from xkd.engine.ema import cosine_momentum_schedule
 from xkd.engine.schedules import Schedules, build_schedules, cosine_schedule
 
 
@@ -54,7 +53,7 @@ def test_build_schedules_follows_the_configured_epochs():
     assert isinstance(s, Schedules) and len(s) == 40
     np.testing.assert_allclose(s.lr, reference_cosine(1e-4, 0.0, 40, 12, 0.0), rtol=1e-12, atol=1e-20)
     np.testing.assert_array_equal(s.weight_decay, np.full(40, 0.3))
-    np.testing.assert_allclose(s.momentum, cosine_momentum_schedule(0.997, 1.0, total_iters=40), rtol=0, atol=0)
+    np.testing.assert_allclose(s.momentum, cosine_schedule(0.997, 1.0, 40), rtol=0, atol=0)
     assert s.momentum[0] == 0.997
     # teacher temperatures change once per epoch: 0.09, 0.10, 0.11, then constant
     np.testing.assert_allclose(s.video_teacher_temp[::ipe], [0.09, 0.10] + [0.11] * 8, rtol=1e-12)
@@ -99,3 +98,15 @@ def test_paper_defaults():
     assert s.lr[0] == 0.0 and s.lr[59] == pytest.approx(1e-4) and s.lr[-1] < 1e-9
     assert np.all(s.video_teacher_temp == 0.1) and np.all(s.audio_teacher_temp == 0.07)
     assert s.momentum[0] == 0.997 and s.momentum[-1] == pytest.approx(1.0, abs=1e-8)
+
+
+def test_ema_momentum_is_a_cosine_that_ends_exactly_at_its_final_value():
+    K = 101
+    m = cosine_schedule(0.997, 1.0, K)
+    assert m.shape == (K,)
+    assert m[0] == 0.997
+    assert m[K // 2] == pytest.approx(0.9985, abs=1e-12)
+    assert m[-1] == 1.0  # ends exactly at the final momentum
+    assert np.all(np.diff(m) > 0)
+    for k in (7, 33, 81):
+        assert m[k] == pytest.approx(1.0 - 0.5 * (1 - 0.997) * (1 + math.cos(math.pi * k / (K - 1))), abs=1e-15)

@@ -30,7 +30,7 @@ from xkd.ccl.config import CCLConfig
 from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split
 from xkd.ccl.method import CCL
 from xkd.ccl.packaged import MnistCNNTeacher
-from xkd.ccl.teachers import build_teacher
+from xkd.ccl.teacher_kinds import build_teacher
 from xkd.config_io import load_config
 
 

@@ -5,8 +5,7 @@
     features = encoders.encode_video(clips)  # [B, D]
 """
 
-__version__ = "0.1.0"
-
-from xkd.api import Encoders, load  # noqa: E402
+from xkd.api import Encoders, load
+from xkd.version import __version__
 
 __all__ = ["Encoders", "load", "__version__"]

@@ -125,7 +125,6 @@ def run_ablations(
 ) -> Path:
     """Run the grid into ``out`` and return the path of ``table.md``; ``overrides`` (``key=value``) apply to every
     run, before each variant's own."""
-    import xkd
     from xkd.api import baseline_seed, random_encoders
     from xkd.data.avdigits import prepare_avdigits
     from xkd.demo import cpu_recipe

@@ -21,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from xkd import __version__
+from xkd.version import __version__
 from xkd.ccl.cli import add_ccl_parser
 from xkd.official import add_convert_parser
 
@@ -292,9 +292,9 @@ def _with_overrides(encoders, args):
 
 
 def _load_encoders(args):
-    import xkd
+    from xkd.api import load
 
-    return _with_overrides(xkd.load(args.weights, role=args.role, device=args.device), args)
+    return _with_overrides(load(args.weights, role=args.role, device=args.device), args)
 
 
 def _load_models(args) -> dict:
@@ -449,7 +449,7 @@ def _eval_parser(sub) -> None:
 def _cmd_clusters(args) -> int:
     import json
 
-    import xkd
+    from xkd.api import load
     from xkd.data.manifest import read_manifest
     from xkd.eval.clusters import assignments, cluster_report, load_head
     from xkd.eval.extract import ExtractOptions
@@ -459,7 +459,7 @@ def _cmd_clusters(args) -> int:
     path = Path(rest or AVDIGITS_DEFAULT) / "manifest.csv" if name.lower() in ("av-digits", "avdigits") else Path(
         args.dataset)
     manifest = read_manifest(path).filter(split=args.split)
-    encoders = _with_overrides(xkd.load(args.weights, role=args.role), args)
+    encoders = _with_overrides(load(args.weights, role=args.role), args)
     modalities = [m for m in ("video", "audio") if getattr(encoders, m) is not None]
     heads = {m: load_head(args.weights, m, args.role) for m in modalities}
     opts = ExtractOptions(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)

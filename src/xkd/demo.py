@@ -99,8 +99,7 @@ def _plot_projection(features: dict[str, tuple[np.ndarray, np.ndarray]], path: P
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str | None = None,
              steps: int | None = None, workers: int = 2) -> Path:
     """Run the demo into ``out`` and return the path of its ``report.md``."""
-    import xkd
-    from xkd.api import baseline_seed, random_encoders
+    from xkd.api import baseline_seed, load, random_encoders
     from xkd.data.avdigits import prepare_avdigits
     from xkd.eval.extract import ExtractOptions, extract_features
     from xkd.eval.report import comparison_table
@@ -129,9 +128,9 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
     xkd_cfg = _config("xkd_avdigits_cpu.yaml", manifest, plan)
     seed = baseline_seed(xkd_cfg.run.seed)
     models = {
-        "XKD teacher": xkd.load(runs["XKD"], role="teacher"),
-        "XKD student": xkd.load(runs["XKD"], role="student"),
-        "MAE-only": xkd.load(runs["MAE-only"]),
+        "XKD teacher": load(runs["XKD"], role="teacher"),
+        "XKD student": load(runs["XKD"], role="student"),
+        "MAE-only": load(runs["MAE-only"]),
         f"random init (seed {seed})": random_encoders(xkd_cfg, seed),
     }
     tasks = tasks_for(f"av-digits:{plan.data_dir}")

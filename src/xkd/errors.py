@@ -6,7 +6,7 @@ from xkd.config_io import ConfigError
 from xkd.data.manifest import ManifestError
 from xkd.data.media import MediaError
 from xkd.engine.checkpoint import CheckpointError
-from xkd.engine.pretrain import NonFiniteLossError
+from xkd.engine.loss_terms import NonFiniteLossError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,

@@ -39,12 +39,12 @@ from typing import Any, Literal
 
 import torch
 
-import xkd
 from xkd.config import EncoderConfig, ModelConfig, PretrainConfig, to_dict
 from xkd.engine.checkpoint import CheckpointError, clean_param_name, save_weights
 from xkd.models.encoder import Encoder, audio_encoder, video_encoder
 from xkd.models.pos_embed import resample_audio_pos_embed, resample_video_pos_embed
 from xkd.models.tokenizers import AudioTokenizer, VideoTokenizer
+from xkd.version import __version__
 
 Modality = Literal["video", "audio"]
 
@@ -478,7 +478,7 @@ def convert_official(
     )
     metadata = {
         "format": "xkd-weights-1",
-        "xkd_version": xkd.__version__,
+        "xkd_version": __version__,
         "method": "xkd-official",
         "config": json.dumps(to_dict(PretrainConfig(method="xkd", model=cfg))),
         "source": json.dumps([f.name for f in files.values()]),

@@ -24,14 +24,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import xkd
 from xkd.ccl.config import CCLConfig
 from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split
 from xkd.ccl.evaluate import predict, recognition, retrieval
 from xkd.ccl.clip_cache import TeacherBank, decoded_clips, default_cache_dir, standardization, teacher_features
 from xkd.ccl.method import CCL
 from xkd.ccl.r2plus1d import R2Plus1D
-from xkd.ccl.teachers import Teacher, build_teacher
+from xkd.ccl.teacher_kinds import build_teacher
+from xkd.ccl.teachers import Teacher
 from xkd.config_io import dump_config, from_dict, to_dict
 from xkd.data.dataset import collate_clips
 from xkd.data.sampler import StepBatchSampler
@@ -39,7 +39,8 @@ from xkd.data.workers import init_worker
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import init_distributed
 from xkd.engine.logger import RunLogger
-from xkd.engine.pretrain import NonFiniteLossError
+from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_host
+from xkd.version import __version__
 
 log = logging.getLogger(__name__)
 BEST_WEIGHTS = "best.safetensors"
@@ -200,7 +201,7 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
         elapsed_before = float(state["elapsed"])
         log.info("resumed %s at epoch %d", previous, start_epoch)
     logger = RunLogger(out_dir, is_main=True, start_step=step)
-    meta = {"format": "xkd-ccl-weights-1", "xkd_version": xkd.__version__, "config": json.dumps(to_dict(cfg)),
+    meta = {"format": "xkd-ccl-weights-1", "xkd_version": __version__, "config": json.dumps(to_dict(cfg)),
             "class_names": json.dumps(names)}
 
     # ---------------------------------------------------------------- loop
@@ -224,17 +225,18 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
             windows = batch["index"]
             labels = train_labels[windows].to(device)
             loss_v, loss_comp, terms = model.losses(video, labels, teacher_inputs(video, windows, generator))
-            bad = [k for k, v in terms.items() if not torch.isfinite(v)]
-            if bad:
-                raise NonFiniteLossError(f"step {step}: loss term(s) {bad} are not finite; lower optim.lr")
+            host_terms = terms_to_host(terms)
+            bad = first_nonfinite(host_terms)
+            if bad is not None:
+                raise NonFiniteLossError(f"step {step}: loss term '{bad}' is not finite; lower optim.lr")
             optimizer.zero_grad(set_to_none=True)
             model.backward(loss_v, loss_comp)
             optimizer.step()
             step += 1
             bar.update(1)
             if step % cfg.run.log_every == 0:
-                logger.log(step, {**{k: float(v) for k, v in terms.items()}, "lr": lr, "epoch": epoch})
-                bar.set_postfix(loss=f"{float(terms['loss_v']):.3f}", lr=f"{lr:.1e}")
+                logger.log(step, {**host_terms, "lr": lr, "epoch": epoch})
+                bar.set_postfix(loss=f"{host_terms['loss_v']:.3f}", lr=f"{lr:.1e}")
             if step >= total:
                 break
         del loader

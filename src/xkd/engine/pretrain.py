@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Iterable
@@ -28,7 +27,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import xkd
 from xkd.config import PretrainConfig, dump_config, to_dict
 from xkd.data.dataset import BadMediaReport, ClipDataset, collate_clips
 from xkd.data.logmel import LogMel
@@ -40,19 +38,17 @@ from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from xkd.engine.flops import count_flops, measure_matmul_peak
 from xkd.engine.logger import RunLogger, plot_metrics
+from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_host
 from xkd.engine.optim import (amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler,
                               param_groups, resolve_amp)
 from xkd.engine.schedules import build_schedules, schedule_length
 from xkd.host_memory import keep_freed_host_memory
 from xkd.models.xkd import XKD
+from xkd.version import __version__
 
 log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "weights.safetensors"
-
-
-class NonFiniteLossError(RuntimeError):
-    """A loss term became NaN or Inf; the message names the step and the term."""
 
 
 def build_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDataset:
@@ -112,7 +108,7 @@ def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int, sc
     so a reader can tell a run stopped early from a complete one."""
     meta = {
         "format": "xkd-weights-1",
-        "xkd_version": xkd.__version__,
+        "xkd_version": __version__,
         "method": cfg.method,
         "step": str(step),
         "schedule_steps": str(step if schedule_steps is None else schedule_steps),
@@ -128,18 +124,6 @@ def parameter_fingerprint(model: torch.nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def _terms_to_host(terms: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Scalar loss terms as Python floats, read from the device in one copy (one host sync, not one per term)."""
-    names = list(terms)
-    values = torch.stack([terms[n].detach().float().reshape(()) for n in names]).tolist()
-    return dict(zip(names, values))
-
-
-def _first_nonfinite(terms: dict[str, float]) -> str | None:
-    """The name of the first non-finite loss term, or None."""
-    return next((name for name, value in terms.items() if not math.isfinite(value)), None)
 
 
 @dataclass
@@ -223,8 +207,8 @@ class Trainer:
                 terms = captured
             else:
                 terms = self._forward_backward(batch, step, micro, temps)
-            host = _terms_to_host(terms)
-            nonfinite = nonfinite or _first_nonfinite(host)
+            host = terms_to_host(terms)
+            nonfinite = nonfinite or first_nonfinite(host)
             for k, v in host.items():
                 sums[k] = sums.get(k, 0.0) + v / cfg.optim.accum_steps
         grad_norms = None
@@ -346,7 +330,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 "rng": ckpt.capture_rng_state(),
                 "skipped_steps": skipped,
                 "bad_media": [list(e) for e in bad.files.items()],
-                "xkd_version": xkd.__version__,
+                "xkd_version": __version__,
             }
             ckpt.save_checkpoint(ckpt.checkpoint_path(out_dir, at_step), state, keep_last=run.keep_checkpoints)
             save_weights_file(model, cfg, out_dir / WEIGHTS_FILE, at_step, full_steps)

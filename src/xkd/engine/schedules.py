@@ -77,7 +77,7 @@ def build_schedules(optim_cfg: OptimConfig, loss_cfg: LossConfig, iters_per_epoc
     warmup_iters = min(full, round(full * optim_cfg.warmup_epochs / epochs))
     lr = cosine_schedule(optim_cfg.lr, optim_cfg.final_lr, full, warmup_iters=warmup_iters)
     weight_decay = cosine_schedule(optim_cfg.weight_decay, optim_cfg.final_weight_decay, full)
-    momentum = cosine_schedule(loss_cfg.ema_start, loss_cfg.ema_end, full)  # = ema.cosine_momentum_schedule
+    momentum = cosine_schedule(loss_cfg.ema_start, loss_cfg.ema_end, full)
     epoch_of_iter = np.arange(full, dtype=np.int64) * epochs // full  # [full]: the recipe epoch each iteration is in
     warmup_epochs = loss_cfg.teacher_temp_warmup_epochs
     video_temp = teacher_temperature_schedule(loss_cfg.video_teacher_temp_warmup, loss_cfg.video_teacher_temp,

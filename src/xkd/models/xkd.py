@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from xkd.config import PretrainConfig
-from xkd.engine.ema import ema_update_pairs, teacher_from_student
+from xkd.models.ema import ema_update_pairs, teacher_from_student
 from xkd.losses.distillation import CrossModalDINOLoss
 from xkd.losses.mmd import mmd_loss
 from xkd.losses.reconstruction import reconstruction_loss

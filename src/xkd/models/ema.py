@@ -18,17 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from xkd.engine.schedules import cosine_schedule
-
-
-def cosine_momentum_schedule(start: float = 0.997, end: float = 1.0, *, total_iters: int) -> np.ndarray:
-    """EMA momentum per iteration, [total_iters]: m_k = end - (end - start)(1 + cos(π k / (K - 1))) / 2, k = 0..K-1.
-
-    The released code's cosine without warm-up (DINO's ``cosine_scheduler``), except that the last value is exactly
-    ``end`` (DINO's stops within (end - start) π² / (4 K²) of it): m_0 = start, m_{K-1} = end.
-    """
-    return cosine_schedule(start, end, total_iters)
-
 
 def teacher_from_student(student: nn.Module) -> nn.Module:
     """A deep copy of ``student`` with ``requires_grad=False`` everywhere; train/eval mode is left as it was."""
