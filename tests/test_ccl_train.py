@@ -14,10 +14,11 @@ from xkd.ccl.benchmark import results_table, run_dir
 from xkd.ccl.cli import add_ccl_parser
 from xkd.ccl.config import CCLConfig
 from xkd.ccl.data import load_split
-from xkd.ccl.train import BEST_WEIGHTS, RESULTS, load_student, lr_at, mapped_teachers, train_ccl
+from xkd.ccl.train import RESULTS, load_student, lr_at, mapped_teachers, train_ccl
 from xkd.config_io import load_config
 from xkd.data.manifest import Manifest, ManifestRow, write_manifest
-from xkd.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
+from xkd.engine.checkpoint import latest_checkpoint, load_checkpoint
+from xkd.engine.weights import CCL_WEIGHTS_FILE, load_weights
 
 
 class Colour(nn.Module):
@@ -67,7 +68,7 @@ def test_ccl_ai_trains_and_selects_on_validation_only(setup, tmp_path, monkeypat
     real_evaluate = ccl_train.evaluate_run
 
     def evaluate(run, split, **kwargs):
-        assert (run / BEST_WEIGHTS).is_file() and set(splits) == {"train", "val"}  # selection never saw test
+        assert (run / CCL_WEIGHTS_FILE).is_file() and set(splits) == {"train", "val"}  # selection never saw test
         return real_evaluate(run, split, **kwargs)
 
     monkeypatch.setattr(ccl_train, "evaluate_run", evaluate)
@@ -77,7 +78,7 @@ def test_ccl_ai_trains_and_selects_on_validation_only(setup, tmp_path, monkeypat
     assert set(results["retrieval"]) == {"R@1", "R@5", "R@10"}
     assert results["val"]["epoch"] in (0, 1) and results["steps"] == 6
     assert json.loads((tmp_path / "run" / RESULTS).read_text())["variant"] == "ccl-ai"
-    parts, meta = load_weights(tmp_path / "run" / BEST_WEIGHTS)
+    parts, meta = load_weights(tmp_path / "run" / CCL_WEIGHTS_FILE)
     assert set(parts) == {"student", "compositions", "projections"}  # 6-d image, 5-d audio: both projected
     assert int(meta["epoch"]) == results["val"]["epoch"]
     student, _, names = load_student(tmp_path / "run")
@@ -90,7 +91,7 @@ def test_other_variants_train(setup, tmp_path, variant):
     sets = [f"loss.variant={variant}", "optim.epochs=1", "image_teacher.standardize=true"]
     cfg = load_config(CCLConfig, config, sets)
     results = train_ccl(cfg, tmp_path / variant, progress=False)
-    parts, _ = load_weights(tmp_path / variant / BEST_WEIGHTS)
+    parts, _ = load_weights(tmp_path / variant / CCL_WEIGHTS_FILE)
     assert ("compositions" in parts) == (variant != "baseline")
     assert results["steps"] == 3
 

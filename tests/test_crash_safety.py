@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from xkd.engine.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, load_weights
+from xkd.engine.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint
+from xkd.engine.weights import load_weights
 from xkd.engine.logger import read_metrics
 
 CONFIG = Path(__file__).parents[1] / "configs" / "pretrain" / "xkd_avdigits_cpu.yaml"

@@ -22,7 +22,7 @@ import xkd.eval.finetune as ft
 from xkd.config import DataConfig, LogMelConfig
 from xkd.data.manifest import Manifest, ManifestRow
 from xkd.data.media_writer import write_media
-from xkd.engine.checkpoint import list_parts, load_weights
+from xkd.engine.weights import list_parts, load_weights
 from xkd.eval.mixup import mixup_cutmix, smooth_targets
 from xkd.eval.report import to_jsonable
 from xkd.models.encoder import audio_encoder, tiny_model_config, video_encoder

@@ -25,7 +25,8 @@ from xkd.api import random_encoders
 from xkd.data.check import run_check
 from xkd.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
 from xkd.data.media import REASONS, MediaError, decode_clip, probe
-from xkd.engine.checkpoint import latest_checkpoint, load_checkpoint, load_weights
+from xkd.engine.checkpoint import latest_checkpoint, load_checkpoint
+from xkd.engine.weights import load_weights
 from xkd.engine.logger import read_metrics
 from xkd.engine.pretrain import pretrain
 from xkd.eval.extract import ExtractOptions, extract_to_file, manifest_from_target

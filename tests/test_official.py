@@ -17,7 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from xkd.config import EncoderConfig, ModelConfig, PretrainConfig, from_dict
-from xkd.engine.checkpoint import CheckpointError, load_weights
+from xkd.engine.checkpoint import CheckpointError
+from xkd.engine.weights import load_weights
 from xkd.models.encoder import audio_encoder, pooled, video_encoder
 from xkd.models.tokenizers import VideoTokenizer
 from xkd.official import (

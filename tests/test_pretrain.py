@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from xkd.config import PretrainConfig, load_config
-from xkd.engine.checkpoint import latest_checkpoint, load_weights
+from xkd.engine.checkpoint import latest_checkpoint
+from xkd.engine.weights import load_weights
 from xkd.engine.logger import read_metrics
 from xkd.engine.pretrain import NonFiniteLossError, pretrain
 

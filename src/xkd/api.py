@@ -20,11 +20,8 @@ from torch import Tensor
 from xkd.config import PretrainConfig, from_dict
 from xkd.data.logmel import LogMel
 from xkd.data.video_views import center_crop, normalize, resize_short_side
-from xkd.engine.checkpoint import list_parts, load_weights
+from xkd.engine.weights import WEIGHTS_FILE, encoder_part, encoder_roles, find_weights, list_parts, load_weights
 from xkd.models.encoder import Encoder, audio_encoder, pooled, video_encoder
-
-WEIGHTS_FILE = "weights.safetensors"
-
 
 class InputShapeError(ValueError):
     """An input tensor of the wrong shape; the message names the expected shape."""
@@ -151,17 +148,6 @@ class Encoders:
         return torch.cat(outs).float()
 
 
-def find_weights(path: Path) -> Path:
-    """The weights file of a path: the file itself, or the run folder's weights.safetensors."""
-    if path.is_dir():
-        if (path / WEIGHTS_FILE).is_file():
-            return path / WEIGHTS_FILE
-        raise FileNotFoundError(f"{path} holds no {WEIGHTS_FILE} (nor official XKD .pth.tar files)")
-    if not path.is_file():
-        raise FileNotFoundError(f"weights not found: {path}")
-    return path
-
-
 def _is_official(path: Path) -> bool:
     names = [p.name for p in path.iterdir()] if path.is_dir() else [path.name]
     return any(n.endswith((".pth.tar", ".pth", ".pt")) for n in names) and not (
@@ -184,23 +170,23 @@ def load(path: str | Path, role: str = "auto", device: str | torch.device = "cpu
 
         encoders, model_cfg = load_official_with_config(path, **official_options)
         cfg = PretrainConfig(model=model_cfg)
-        chosen = _choose_role(role, {name.rsplit("_", 1)[1] for name in encoders}, str(path))
-        return Encoders(encoders.get(f"video_{chosen}"), encoders.get(f"audio_{chosen}"), cfg, chosen,
-                        str(path)).to(device)
+        chosen = _choose_role(role, encoder_roles(encoders), str(path))
+        video, audio = (encoders.get(encoder_part(m, chosen)) for m in ("video", "audio"))
+        return Encoders(video, audio, cfg, chosen, str(path)).to(device)
     if official_options:
         raise TypeError(f"{sorted(official_options)} apply to official XKD files only; {path} is not one")
     file = find_weights(path)
     available = set(list_parts(file))
-    roles = {name.rsplit("_", 1)[1] for name in available if name.rsplit("_", 1)[-1] in ("student", "teacher")}
-    chosen = _choose_role(role, roles, str(file))
-    parts, meta = load_weights(file, [p for p in (f"video_{chosen}", f"audio_{chosen}") if p in available])
+    chosen = _choose_role(role, encoder_roles(available), str(file))
+    wanted = [encoder_part(m, chosen) for m in ("video", "audio")]
+    parts, meta = load_weights(file, [p for p in wanted if p in available])
     if "config" not in meta:
         raise ValueError(f"{file} has no 'config' metadata: it is not an xkd weights file")
     cfg = from_dict(PretrainConfig, json.loads(meta["config"]), source=f"{file} (metadata)")
     steps = (int(meta["step"]), int(meta.get("schedule_steps", meta["step"]))) if "step" in meta else None
     built = {}
     for modality, build in (("video", video_encoder), ("audio", audio_encoder)):
-        state = parts.get(f"{modality}_{chosen}")
+        state = parts.get(encoder_part(modality, chosen))
         if state is not None:
             enc = build(cfg.model)
             enc.load_state_dict(state)

@@ -40,11 +40,11 @@ from typing import Any, Literal
 import torch
 
 from xkd.config import EncoderConfig, ModelConfig, PretrainConfig, to_dict
-from xkd.engine.checkpoint import CheckpointError, clean_param_name, save_weights
+from xkd.engine.checkpoint import CheckpointError
+from xkd.engine.weights import PRETRAIN_FORMAT, clean_param_name, save_weights, weights_metadata
 from xkd.models.encoder import Encoder, audio_encoder, video_encoder
 from xkd.models.pos_embed import resample_audio_pos_embed, resample_video_pos_embed
 from xkd.models.tokenizers import AudioTokenizer, VideoTokenizer
-from xkd.version import __version__
 
 Modality = Literal["video", "audio"]
 
@@ -476,13 +476,8 @@ def convert_official(
     encoders, cfg, files = _load(
         src, heads, num_frames, frame_size, spec_frames, stored_num_frames, stored_frame_size, stored_spec_size
     )
-    metadata = {
-        "format": "xkd-weights-1",
-        "xkd_version": __version__,
-        "method": "xkd-official",
-        "config": json.dumps(to_dict(PretrainConfig(method="xkd", model=cfg))),
-        "source": json.dumps([f.name for f in files.values()]),
-    }
+    metadata = weights_metadata(PRETRAIN_FORMAT, to_dict(PretrainConfig(method="xkd", model=cfg)), method="xkd-official",
+                                source=json.dumps([f.name for f in files.values()]))
     return save_weights(out_path, {part: enc.state_dict() for part, enc in encoders.items()}, metadata)
 
 

@@ -4,7 +4,7 @@ its audio teacher offline, spec §B2) and, for ``data.preload``, the decoded fra
 A cache root holds one folder per producer: a teacher's :attr:`~xkd.ccl.teachers.Teacher.fingerprint` (weights
 digest + preprocessing), so a changed teacher never reads stale features, or ``decoded-<hash>`` for frames decoded
 with given settings. Inside, ``shard-*.safetensors`` files (written atomically with
-:func:`xkd.engine.checkpoint.save_weights`) map a clip key to its tensor: ``[T, D]`` for an image teacher (every frame
+:func:`xkd.engine.weights.save_weights`) map a clip key to its tensor: ``[T, D]`` for an image teacher (every frame
 of the clip), ``[N, D]`` for an audio teacher (its time steps; ``[0, D]`` when the file has no audio track), uint8
 ``[T, H, W, 3]`` for decoded frames. The key hashes the resolved path, the file's size and modification time and the
 window, so an edited file is recomputed.
@@ -27,7 +27,7 @@ from xkd.ccl.config import CCLDataConfig
 from xkd.ccl.data import Windows, iterate_windows, window_dataset
 from xkd.ccl.teachers import Teacher
 from xkd.data.media import probe
-from xkd.engine.checkpoint import load_weights, save_weights
+from xkd.engine.weights import load_weights, save_weights
 
 log = logging.getLogger(__name__)
 SHARD_PART = "clips"

@@ -18,7 +18,7 @@ from torch import Tensor
 from xkd.ccl import packaged
 from xkd.ccl.config import TeacherConfig
 from xkd.ccl.teachers import ModuleTeacher, OnnxTeacher, Teacher, file_digest, user_file
-from xkd.engine.checkpoint import open_safetensors
+from xkd.engine.weights import open_safetensors
 
 TEACHER_KINDS = ("ccexam-mnist", "efficientnet-lite0", "openwakeword", "torchscript", "onnx", "safetensors")
 

@@ -40,10 +40,9 @@ from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import init_distributed
 from xkd.engine.logger import RunLogger
 from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_host
-from xkd.version import __version__
+from xkd.engine.weights import CCL_FORMAT, CCL_WEIGHTS_FILE, load_weights, save_weights, weights_metadata
 
 log = logging.getLogger(__name__)
-BEST_WEIGHTS = "best.safetensors"
 RESULTS = "results.json"
 STANDARDIZE_CLIPS = 512  # training clips whose clean frames estimate an augmented image teacher's statistics
 
@@ -89,8 +88,8 @@ def weights_parts(model: CCL) -> dict[str, dict[str, torch.Tensor]]:
 def load_student(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[R2Plus1D, CCLConfig, list[str]]:
     """The selected student of a finished run: (model in eval mode, its config, class names)."""
     run_dir = Path(run_dir)
-    parts, meta = ckpt.load_weights(run_dir / BEST_WEIGHTS, parts=["student"])
-    cfg = from_dict(CCLConfig, json.loads(meta["config"]), source=str(run_dir / BEST_WEIGHTS))
+    parts, meta = load_weights(run_dir / CCL_WEIGHTS_FILE, parts=["student"])
+    cfg = from_dict(CCLConfig, json.loads(meta["config"]), source=str(run_dir / CCL_WEIGHTS_FILE))
     names = json.loads(meta["class_names"])
     student = build_student(cfg, len(names))
     student.load_state_dict(parts["student"])
@@ -201,8 +200,7 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
         elapsed_before = float(state["elapsed"])
         log.info("resumed %s at epoch %d", previous, start_epoch)
     logger = RunLogger(out_dir, is_main=True, start_step=step)
-    meta = {"format": "xkd-ccl-weights-1", "xkd_version": __version__, "config": json.dumps(to_dict(cfg)),
-            "class_names": json.dumps(names)}
+    meta = weights_metadata(CCL_FORMAT, to_dict(cfg), class_names=json.dumps(names))
 
     # ---------------------------------------------------------------- loop
     steps_per_epoch = sampler.steps_per_epoch
@@ -247,8 +245,8 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
             logger.log(step, {f"val_{k}": v for k, v in val.items()})
             if val["top1"] > best["top1"]:
                 best = {**val, "epoch": epoch}
-                ckpt.save_weights(out_dir / BEST_WEIGHTS, weights_parts(model),
-                                  {**meta, "epoch": str(epoch), "val_top1": f"{val['top1']:.6f}"})
+                save_weights(out_dir / CCL_WEIGHTS_FILE, weights_parts(model),
+                             {**meta, "epoch": str(epoch), "val_top1": f"{val['top1']:.6f}"})
             log.info("epoch %d: val top1 %.4f (best %.4f at epoch %d)", epoch, val["top1"], best["top1"],
                      best["epoch"])
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "epoch": epoch,

@@ -1,4 +1,4 @@
-"""Run checkpoints for exact resume, and clean weight files for release.
+"""Run checkpoints for exact resume (the release format, clean weights, is :mod:`xkd.engine.weights`).
 
 Run checkpoints (:func:`save_checkpoint` / :func:`load_checkpoint`) hold the whole run state as a dict of tensors and
 plain Python values, written with ``torch.save`` and read back with ``torch.load(weights_only=True)`` only, so a file
@@ -13,14 +13,10 @@ against damage, not against a forged file; the ``weights_only`` loader is what r
 
 Run checkpoints live in ``<run_dir>/checkpoints/step_<step>.pt`` (:func:`checkpoint_path`); :func:`latest_checkpoint`
 returns the newest valid one.
-
-Clean weights (:func:`save_weights` / :func:`load_weights`) are one safetensors file with keys ``<part>.<param>``
-(e.g. ``video_student.blocks.0.attn.qkv.weight``), no wrapper prefixes, and string metadata in its header.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -31,14 +27,12 @@ import struct
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 CHECKPOINT_DIR = "checkpoints"
 _STEP_NAME = re.compile(r"^step_(\d+)\.pt$")
@@ -69,7 +63,7 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)`` on a temporary file next to ``path``, fsync it, then rename it onto ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")  # created by write(), umask applies
@@ -201,7 +195,7 @@ def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], keep_last
             f.seek(length)
             f.write(_TRAILER.pack(_MAGIC, digest, length))
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
     if keep_last:
         _prune(path, keep_last)
     return path
@@ -304,88 +298,3 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     if torch.cuda.is_available():
         for device, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state.cpu(), device)
-
-
-# ------------------------------------------------------------------------------------------------------ clean weights
-
-
-def clean_param_name(name: str) -> str:
-    """Drop wrapper components: leading ``module.`` (DDP / DataParallel) and any ``_orig_mod.`` (torch.compile)."""
-    parts = [p for p in name.split(".") if p != "_orig_mod"]
-    while len(parts) > 1 and parts[0] == "module":
-        parts.pop(0)
-    return ".".join(parts)
-
-
-def save_weights(
-    path: str | os.PathLike,
-    parts: Mapping[str, Mapping[str, torch.Tensor]],
-    metadata: Mapping[str, str] | None = None,
-) -> Path:
-    """Write one safetensors file with keys ``<part>.<param>`` and ``metadata`` (str -> str) in its header.
-
-    ``parts``: e.g. ``{"video_student": model.state_dict(), "audio_teacher": ...}``; part names have no dot.
-    Parameter names lose ``module.`` / ``_orig_mod.`` wrapper prefixes; tensors are stored contiguous on the CPU,
-    and a tensor whose storage another one already uses (tied weights, views) is cloned. Written atomically.
-    """
-    path = Path(path)
-    metadata = dict(metadata or {})
-    for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
-            raise TypeError(f"metadata must map str to str (serialise configs with json.dumps); got {key!r}: {value!r}")
-    tensors: dict[str, torch.Tensor] = {}
-    seen_storages: set[int] = set()
-    for part, state_dict in parts.items():
-        if not part or "." in part:
-            raise ValueError(f"part name {part!r} must be non-empty and contain no '.'")
-        for name, tensor in state_dict.items():
-            if not isinstance(tensor, torch.Tensor):
-                raise TypeError(f"{part}.{name} is a {type(tensor).__name__}, not a tensor")
-            key = f"{part}.{clean_param_name(name)}"
-            if key in tensors:
-                raise ValueError(f"two parameters map to {key!r} once wrapper prefixes are removed")
-            t = tensor.detach().cpu().contiguous()
-            if t.numel() and t.untyped_storage().data_ptr() in seen_storages:
-                t = t.clone()
-            seen_storages.add(t.untyped_storage().data_ptr())
-            tensors[key] = t
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    return path
-
-
-def load_weights(
-    path: str | os.PathLike, parts: Iterable[str] | None = None, device: str = "cpu"
-) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, str]]:
-    """Read a :func:`save_weights` file: ``({part: {param: tensor}}, metadata)``; ``parts`` limits what is read."""
-    wanted = None if parts is None else set(parts)
-    out: dict[str, dict[str, torch.Tensor]] = {}
-    with open_safetensors(path, device) as f:
-        metadata = dict(f.metadata() or {})
-        for key in f.keys():
-            part, _, name = key.partition(".")
-            if wanted is None or part in wanted:
-                out.setdefault(part, {})[name] = f.get_tensor(key)
-    if wanted is not None and wanted - out.keys():
-        raise KeyError(f"{path}: no part(s) {sorted(wanted - out.keys())}; the file has {list_parts(path)}")
-    return out, metadata
-
-
-def list_parts(path: str | os.PathLike) -> list[str]:
-    """The sorted part names in a :func:`save_weights` file (reads only the header)."""
-    with open_safetensors(path) as f:
-        return sorted({key.partition(".")[0] for key in f.keys()})
-
-
-@contextlib.contextmanager
-def open_safetensors(path: str | os.PathLike, device: str = "cpu"):
-    """``safe_open`` of any safetensors file (``with open_safetensors(p) as f: f.keys(), f.get_tensor(k)``), with a
-    damaged file (truncated, not safetensors, a header that lies about its size) raised as :class:`CheckpointError`
-    naming the file, not as the reader's own error."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no weights file {path}")
-    try:
-        with safe_open(str(path), framework="pt", device=device) as f:
-            yield f
-    except SafetensorError as err:
-        raise CheckpointError(f"{path}: not a readable safetensors weights file ({err}); "
-                              "it may be truncated or damaged, or another format") from None

@@ -42,14 +42,13 @@ from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_
 from xkd.engine.optim import (amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler,
                               param_groups, resolve_amp)
 from xkd.engine.schedules import build_schedules, schedule_length
+from xkd.engine.weights import (PRETRAIN_FORMAT, WEIGHTS_FILE, decoder_part, encoder_part, head_part, save_weights,
+                                 weights_metadata)
 from xkd.host_memory import keep_freed_host_memory
 from xkd.models.xkd import XKD
 from xkd.version import __version__
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "weights.safetensors"
-
 
 def build_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDataset:
     """The pretraining dataset: clips of ``data.clip_duration`` s turned into XKD views (spec §A2)."""
@@ -95,26 +94,20 @@ def weights_parts(model: XKD) -> dict[str, dict[str, torch.Tensor]]:
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for role, nets in (("student", model.student), ("teacher", model.teacher)):
         for name, net in nets.items():
-            parts[f"{name}_{role}"] = net.encoder.state_dict()
+            parts[encoder_part(name, role)] = net.encoder.state_dict()
             if net.head is not None:
-                parts[f"{name}_{role}_head"] = net.head.state_dict()
+                parts[head_part(name, role)] = net.head.state_dict()
     for name, dec in model.decoder.items():
-        parts[f"{name}_decoder"] = dec.state_dict()
+        parts[decoder_part(name)] = dec.state_dict()
     return parts
 
 
 def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int, schedule_steps: int | None = None) -> Path:
     """Write the clean weights with their metadata; ``schedule_steps`` (default ``step``) is the schedule's length,
     so a reader can tell a run stopped early from a complete one."""
-    meta = {
-        "format": "xkd-weights-1",
-        "xkd_version": __version__,
-        "method": cfg.method,
-        "step": str(step),
-        "schedule_steps": str(step if schedule_steps is None else schedule_steps),
-        "config": json.dumps(to_dict(cfg)),
-    }
-    return ckpt.save_weights(path, weights_parts(model), meta)
+    meta = weights_metadata(PRETRAIN_FORMAT, to_dict(cfg), method=cfg.method, step=str(step),
+                            schedule_steps=str(step if schedule_steps is None else schedule_steps))
+    return save_weights(path, weights_parts(model), meta)
 
 
 def parameter_fingerprint(model: torch.nn.Module) -> str:

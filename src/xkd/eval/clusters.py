@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from sklearn.metrics import normalized_mutual_info_score
 
-from xkd.api import Encoders, find_weights
+from xkd.api import Encoders
 from xkd.config import PretrainConfig, from_dict
 from xkd.data.manifest import Manifest
-from xkd.engine.checkpoint import load_weights
+from xkd.engine.weights import find_weights, head_part, load_weights
 from xkd.eval.extract import ExtractOptions, extract_features
 from xkd.models.head import dino_head
 
@@ -30,7 +30,7 @@ from xkd.models.head import dino_head
 def load_head(weights: str | Path, modality: str, role: str = "teacher") -> torch.nn.Module:
     """The projection head ``{modality}_{role}_head`` of an xkd weights file (MAE runs have none)."""
     file = find_weights(Path(weights))
-    part = f"{modality}_{role}_head"
+    part = head_part(modality, role)
     parts, meta = load_weights(file, [part])
     cfg = from_dict(PretrainConfig, json.loads(meta["config"]), source=f"{file} (metadata)")
     head = dino_head(cfg.model)

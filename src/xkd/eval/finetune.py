@@ -63,7 +63,7 @@ from xkd.data.logmel import LogMel
 from xkd.data.manifest import Manifest
 from xkd.data.video_views import EvalVideoView, VideoView
 from xkd.data.workers import init_worker
-from xkd.engine import checkpoint as ckpt
+from xkd.engine.weights import FINETUNE_FORMAT, FINETUNED_FILE, save_weights, weights_metadata
 from xkd.engine.distributed import (
     all_reduce_mean,
     barrier,
@@ -81,8 +81,6 @@ from xkd.eval.mixup import mixup_cutmix
 from xkd.models.encoder import Encoder, pooled
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "finetuned.safetensors"
 
 
 @dataclass
@@ -647,10 +645,10 @@ def _finetune(encoder, train, test, label_column, modality, cfg, data_cfg, out_d
         all_bad.replacements += replacements
     weights = None
     if out_dir is not None and info.is_main:
-        meta = {"format": "xkd-finetune-1", "modality": modality, "label_column": label_column,
-                "classes": json.dumps(classes), "chosen_epoch": str(chosen_epoch), "config": json.dumps(asdict(cfg))}
+        meta = weights_metadata(FINETUNE_FORMAT, asdict(cfg), modality=modality, label_column=label_column,
+                                classes=json.dumps(classes), chosen_epoch=str(chosen_epoch))
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        weights = ckpt.save_weights(Path(out_dir) / WEIGHTS_FILE, {"classifier": classifier.state_dict()}, meta)
+        weights = save_weights(Path(out_dir) / FINETUNED_FILE, {"classifier": classifier.state_dict()}, meta)
     weights = broadcast_object(weights)
     selection = "epoch chosen on val" if val_set is not None else "last epoch (no val split)"
     result.update(
