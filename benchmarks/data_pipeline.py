@@ -45,10 +45,11 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler
 
 from pretrain_step import synthetic_batch, values
+from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
 from xkd.data.dataset import BadMediaReport, ClipDataset, collate_clips
 from xkd.data.manifest import Manifest, ManifestRow, write_manifest
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 from xkd.engine.distributed import DistInfo
 from xkd.engine.pretrain import Trainer, build_dataset
 
@@ -176,7 +177,7 @@ def step_rate(cfg: PretrainConfig, steps: int, warmup: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", default="configs/pretrain/xkd_avdigits_cpu.yaml", help="pretraining config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--sources", nargs="+", choices=("config", "hd"), default=["config", "hd"],

@@ -34,10 +34,11 @@ import torch
 
 import xkd
 from xkd.api import Encoders, random_encoders
+from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
 from xkd.config_io import apply_overrides
 from xkd.data.manifest import Manifest, ManifestRow
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 from xkd.eval.extract import ExtractOptions, extract_to_file
 
 MARKS = (0.1, 0.5, 1.0)
@@ -187,7 +188,7 @@ def memory_report(records: list[tuple[float, float, float, int]], files: int, wo
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--files", type=int, default=1000, help="number of files to extract")
     parser.add_argument("--weights", default=None, help="weights to load with xkd.load (default: random encoders)")
     parser.add_argument("--config", default="configs/pretrain/xkd_avdigits_cpu.yaml",

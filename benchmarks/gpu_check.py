@@ -36,6 +36,7 @@ from pretrain_step import main as step_benchmark  # noqa: E402
 from pretrain_step import synthetic_batch, values  # noqa: E402
 
 from xkd.api import random_encoders  # noqa: E402
+from xkd.cli_help import HelpFormatter  # noqa: E402
 from xkd.config import PretrainConfig, load_config  # noqa: E402
 from xkd.engine.distributed import DistInfo  # noqa: E402
 from xkd.engine.pretrain import Trainer  # noqa: E402
@@ -92,7 +93,7 @@ def host_syncs() -> dict:
 
 def _write_clips(folder: Path, n: int = 4) -> bool:
     try:
-        from xkd.data.media_writer import write_media
+        from xkd.datasets.media_writer import write_media
     except ImportError:  # PyAV is not installed
         return False
     rng = np.random.default_rng(0)
@@ -125,7 +126,7 @@ def extraction() -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", help="also write the summary here (JSON)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per step benchmark")
     parser.add_argument("--vitb-batch", type=int, default=32, help="clips per step of the ViT-B recipe")

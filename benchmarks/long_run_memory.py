@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
 from xkd.engine.pretrain import build_dataset, pretrain
 
@@ -139,7 +140,7 @@ def ensure_manifest(data: Path) -> Path:
     """``data/manifest.csv``, building AV-Digits into ``data`` first when it is missing."""
     manifest = data / "manifest.csv"
     if not manifest.is_file():
-        from xkd.data.avdigits import prepare_avdigits
+        from xkd.datasets.avdigits import prepare_avdigits
 
         print(f"building AV-Digits in {data} (xkd data prepare av-digits)", file=sys.stderr)
         manifest = prepare_avdigits(data)
@@ -170,7 +171,7 @@ def _slope_text(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG, help="pretraining config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--steps", type=int, default=2000, help="optimiser steps to run")

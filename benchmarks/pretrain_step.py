@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
 from xkd.engine.distributed import DistInfo
 from xkd.engine.flops import measure_matmul_peak
@@ -68,7 +69,7 @@ def max_relative_difference(losses: list[dict[str, float]], path: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", required=True, help="pretraining config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--steps", type=int, default=10, help="timed steps")

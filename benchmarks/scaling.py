@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
 
 DEFAULT_GRID = ("16,40,160", "16,56,320", "16,80,640", "32,80,1280", "32,112,2560", "32,128,3200")
@@ -128,7 +129,7 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", default="configs/pretrain/xkd_avdigits_cpu.yaml", help="base pretraining config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override of the base config, applied before every grid point")

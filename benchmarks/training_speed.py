@@ -23,9 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from xkd.cli_help import HelpFormatter
+
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--config", default="configs/pretrain/xkd_avdigits_cpu.yaml", help="pretraining config")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     parser.add_argument("--steps", type=int, default=100, help="optimiser steps of the run")

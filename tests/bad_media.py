@@ -22,7 +22,7 @@ import numpy as np
 
 from media_fixtures import index_colour, index_frames, make_av, make_empty, tone, truncate
 from xkd.data.manifest import Manifest, ManifestRow, write_manifest
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 
 WINDOW = 2.0  # seconds per clip in the tiny configs (data.clip_duration)
 FPS = 8.0  # frames per second of a clip (data.video_fps)

@@ -11,7 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def avdigits_tiny(tmp_path_factory):
     """A 40-clip AV-Digits build (real MNIST digits and spoken digits, H.264/AAC MP4s); returns its manifest path."""
-    from xkd.data.avdigits import prepare_avdigits
+    from xkd.datasets.avdigits import prepare_avdigits
 
     out = tmp_path_factory.mktemp("av-digits")
     return prepare_avdigits(out, tiny=True, num_clips=40, progress=False, workers=1)

@@ -6,7 +6,7 @@ import numpy as np
 
 from xkd.config import PretrainConfig, load_config
 from xkd.data.manifest import Manifest, ManifestRow, write_manifest
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 
 CONFIG = Path(__file__).parents[1] / "configs" / "pretrain" / "xkd_avdigits_cpu.yaml"
 TINY_MODEL = [

@@ -1,4 +1,4 @@
-"""Small real media files for tests (H.264 + AAC via :func:`xkd.data.media_writer.write_media`) and broken ones.
+"""Small real media files for tests (H.264 + AAC via :func:`xkd.datasets.media_writer.write_media`) and broken ones.
 
 Video frames are flat colours that encode the frame index (:func:`index_colour` / :func:`read_index`), so a test can
 tell which source frame a decoded frame came from even after lossy compression. Audio is a sine tone or a chirp.
@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 
 _STEP = 14  # colour levels between neighbouring codes; H.264 at crf 18 moves flat colours by at most ~3 levels
 _BASE = 16

@@ -11,8 +11,8 @@ import av
 import numpy as np
 import pytest
 
-import xkd.data.avdigits as avd
-from xkd.data.avdigits import (
+import xkd.datasets.avdigits as avd
+from xkd.datasets.avdigits import (
     AVDIGITS_MOTIONS,
     AVDIGITS_SPEAKERS,
     AVDIGITS_VOICES,

@@ -6,9 +6,9 @@ import collections
 import numpy as np
 import pytest
 
-import xkd.data.avdigits as avd
+import xkd.datasets.avdigits as avd
 from xkd.config import PretrainConfig, load_config
-from xkd.data.avdigits import (
+from xkd.datasets.avdigits import (
     AVDIGITS_VOICES,
     load_spoken_digit,
     make_recipe,
@@ -19,7 +19,7 @@ from xkd.data.avdigits import (
     voice_pool,
 )
 from xkd.data.manifest import read_manifest
-from xkd.data.stats import token_content_stats, visible_content
+from xkd.datasets.stats import token_content_stats, visible_content
 
 from test_avdigits import _best_lag_corr, _decode
 

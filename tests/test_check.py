@@ -3,9 +3,9 @@ import io
 import pytest
 from media_fixtures import make_av, make_empty, make_text, tone, truncate
 
-from xkd.data.check import check_file, check_files, collect_targets, run_check
+from xkd.datasets.check import check_file, check_files, collect_targets, run_check
 from xkd.data.manifest import Manifest, ManifestRow, write_manifest
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 
 
 @pytest.fixture()

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import xkd.eval.finetune as ft
 from xkd.config import DataConfig, LogMelConfig
 from xkd.data.manifest import Manifest, ManifestRow
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 from xkd.engine.weights import list_parts, load_weights
 from xkd.eval.mixup import mixup_cutmix, smooth_targets
 from xkd.eval.report import to_jsonable

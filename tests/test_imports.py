@@ -10,8 +10,9 @@ SRC = Path(xkd.__file__).parent
 
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = (
-    ("base", ("xkd.version", "xkd.config_io", "xkd.config", "xkd.host_memory")),
+    ("base", ("xkd.version", "xkd.config_io", "xkd.config", "xkd.host_memory", "xkd.cli_help")),
     ("data", ("xkd.data",)),
+    ("datasets", ("xkd.datasets",)),
     ("losses", ("xkd.losses",)),
     ("models", ("xkd.models",)),
     ("engine", ("xkd.engine",)),

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xkd.data.layouts import (
+from xkd.datasets.layouts import (
     KINETICS_SOUND_CLASSES,
     LAYOUTS,
     fsd50k_vocabulary,
@@ -22,7 +22,7 @@ from xkd.data.layouts import (
     read_ucf101,
 )
 from xkd.data.manifest import ManifestError, read_manifest, write_manifest
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_kinetics400_annotations_folder_and_missing_pieces(tmp_path, media):
 def test_kinetics400_missing_clips_are_reported_and_left_out(tmp_path, media, caplog):
     root = kinetics_tree(tmp_path / "k400", media)
     (root / "train/abseiling/---QUuC4vJs_000084_000094.mp4").unlink()
-    with caplog.at_level(logging.WARNING, logger="xkd.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="xkd.datasets.layouts"):
         m = read_kinetics400(root, splits=["train"])
     assert len(m) == 3 and all("abseiling" not in r.labels for r in m)
     assert "1 of 4 files" in caplog.text and "train/---QUuC4vJs_000084_000094" in caplog.text
@@ -213,7 +213,7 @@ def test_ucf101_errors(tmp_path, media, caplog):
     with pytest.raises(ValueError, match="1..3"):
         read_ucf101(root, fold=4)
     (root / "UCF-101" / ucf_video("BandMarching", 1)).unlink()
-    with caplog.at_level(logging.WARNING, logger="xkd.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="xkd.datasets.layouts"):
         assert len(read_ucf101(root, fold=1)) == 5
     assert "1 of 6 files" in caplog.text
     with pytest.raises(FileNotFoundError, match="v_BandMarching_g01_c01.avi"):
@@ -275,7 +275,7 @@ def test_hmdb51_missing_split_file_and_video(tmp_path, media, caplog):
     with pytest.raises(FileNotFoundError, match=r"sword_exercise_test_split3.txt(.|\n)*expected layout"):
         read_hmdb51(root, fold=3)
     (root / "sword_exercise" / HMDB_VIDEOS["sword_exercise"][0]).unlink()
-    with caplog.at_level(logging.WARNING, logger="xkd.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="xkd.datasets.layouts"):
         m = read_hmdb51(root, fold=2)
     assert len(m) == 5 and "1 of 6 files" in caplog.text
     with pytest.raises(FileNotFoundError, match="Blade_Of_Fury"):
@@ -306,7 +306,7 @@ def esc50_tree(root: Path, media) -> Path:
 
 def test_esc50_folds_and_labels(tmp_path, media, caplog):
     root = esc50_tree(tmp_path / "ESC-50-master", media)
-    with caplog.at_level(logging.WARNING, logger="xkd.data.layouts"):
+    with caplog.at_level(logging.WARNING, logger="xkd.datasets.layouts"):
         m = read_esc50(root)
     assert "1 of 5 files" in caplog.text and "3-1000-A-1.wav" in caplog.text
     assert table(m) == {
@@ -399,7 +399,7 @@ def test_audioset_trimmed_clips_found_by_detected_template(tmp_path, media, capl
     put(media, root / "audio/balanced_train/--PJHxphWEs_30.0.wav")
     put(media, root / "audio/balanced_train/-0RWZT-miFs_420.0.wav")
     put(media, root / "audio/eval/--4gqARaEJE_0.0.wav")
-    with caplog.at_level(logging.INFO, logger="xkd.data.layouts"):
+    with caplog.at_level(logging.INFO, logger="xkd.datasets.layouts"):
         m = read_audioset(root)
     assert "'{ytid}_{start:.1f}'" in caplog.text and "1 of 4 files" in caplog.text
     assert table(m) == {

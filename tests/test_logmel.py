@@ -77,7 +77,7 @@ def test_dataset_statistics_match_a_direct_computation(tmp_path):
     from media_fixtures import make_av
     from xkd.config import LogMelConfig
     from xkd.data.manifest import Manifest, ManifestRow
-    from xkd.data.stats import logmel_stats
+    from xkd.datasets.stats import logmel_stats
 
     for i, freq in enumerate((300.0, 2000.0)):
         make_av(tmp_path / f"{i}.mp4", seconds=2.0, freq=freq)

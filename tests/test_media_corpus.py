@@ -22,7 +22,7 @@ from bad_media import FPS, HUGE_SIZE, SAMPLE_RATE, VFR_TIMES, WINDOW, build_corp
 from eval_fixtures import tiny_config
 from media_fixtures import read_index
 from xkd.api import random_encoders
-from xkd.data.check import run_check
+from xkd.datasets.check import run_check
 from xkd.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
 from xkd.data.media import REASONS, MediaError, decode_clip, probe
 from xkd.engine.checkpoint import latest_checkpoint, load_checkpoint

@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from xkd.ccl.packaged import SpeechEmbeddingTeacher
+from xkd.cli_help import HelpFormatter
 from xkd.config import LogMelConfig
 from xkd.data.logmel import LogMel
 from xkd.data.media import decode_clip
@@ -49,7 +50,7 @@ def clip_features(manifest, rows: np.ndarray, progress: bool = True) -> dict[str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--data", default="data/av-digits-v2", help="AV-Digits folder")
     parser.add_argument("--split", default="test", choices=["val", "test"], help="score the val or the test split")
     parser.add_argument("--out", default=None, help="write the results as JSON here")

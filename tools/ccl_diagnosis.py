@@ -31,6 +31,7 @@ from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split
 from xkd.ccl.method import CCL
 from xkd.ccl.packaged import MnistCNNTeacher
 from xkd.ccl.teacher_kinds import build_teacher
+from xkd.cli_help import HelpFormatter
 from xkd.config_io import load_config
 
 
@@ -112,7 +113,7 @@ def oracle(cfg: CCLConfig, kind: str, out_dir: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("what", choices=["probe", "oracle"])
     parser.add_argument("--config", default="configs/ccl/avdigits_cpu.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xkd.api import BASELINE_SEED_OFFSET, load_roles
+from xkd.datasets.avdigits import AVDIGITS_DIR
 from xkd.eval.metrics import mean_std
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ def table(per_seed: dict[int, dict[str, dict]], variants: list[Variant], tasks: 
 
 def run_ablations(
     out: str | Path = "runs/ablations",
-    data_dir: str | Path = "data/av-digits",
+    data_dir: str | Path = AVDIGITS_DIR,
     steps: int = 150,
     seeds: tuple[int, ...] = (0, 1, 2),
     variants: list[str] | None = None,
@@ -126,7 +127,7 @@ def run_ablations(
     """Run the grid into ``out`` and return the path of ``table.md``; ``overrides`` (``key=value``) apply to every
     run, before each variant's own."""
     from xkd.api import baseline_seed, random_encoders
-    from xkd.data.avdigits import prepare_avdigits
+    from xkd.datasets.avdigits import prepare_avdigits
     from xkd.demo import cpu_recipe
     from xkd.engine.pretrain import pretrain_or_reuse
     from xkd.eval.run import EvalOptions, evaluate_many

@@ -21,27 +21,17 @@ import logging
 import sys
 from pathlib import Path
 
-from xkd.version import __version__
 from xkd.ccl.cli import add_ccl_parser
+from xkd.cli_help import HelpFormatter, add_command
+from xkd.datasets.avdigits import AVDIGITS_DIR, default_dir
 from xkd.official import add_convert_parser
-
-DEFAULT_AVDIGITS = "data/av-digits"
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
-def _add(sub, name: str, help_text: str, description: str | None = None) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=description or help_text, formatter_class=_Formatter)
-
+from xkd.version import __version__
 
 # ---------------------------------------------------------------------------------------------------------- data
 def _cmd_prepare(args) -> int:
-    from xkd.data.avdigits import prepare_avdigits
+    from xkd.datasets.avdigits import prepare_avdigits
 
-    default = DEFAULT_AVDIGITS + ("-v2" if args.version == 2 else "")
-    out = Path(args.out or (default + "-tiny" if args.tiny else default))
+    out = Path(args.out or default_dir(args.version, args.tiny))
     manifest = prepare_avdigits(
         out, tiny=args.tiny, seed=args.seed, num_clips=args.num_clips, progress=not args.no_progress,
         workers=args.workers, version=args.version,
@@ -51,14 +41,14 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from xkd.data.check import run_check
+    from xkd.datasets.check import run_check
 
     return run_check(args.target, min_duration=args.min_duration, need_audio=not args.video_only,
                      need_video=not args.audio_only)
 
 
 def _cmd_manifest(args) -> int:
-    from xkd.data.layouts import manifest_summary, read_layout
+    from xkd.datasets.layouts import manifest_summary, read_layout
     from xkd.data.manifest import write_manifest
 
     kwargs = {"fold": args.fold} if args.fold is not None else {}
@@ -73,7 +63,7 @@ def _cmd_manifest(args) -> int:
 def _cmd_stats(args) -> int:
     from xkd.config import PretrainConfig, load_config
     from xkd.data.manifest import read_manifest
-    from xkd.data.stats import logmel_stats
+    from xkd.datasets.stats import logmel_stats
 
     cfg = load_config(PretrainConfig, args.config, args.set)
     stats = logmel_stats(read_manifest(args.manifest), cfg.data.logmel, cfg.data.clip_duration,
@@ -86,7 +76,7 @@ def _cmd_stats(args) -> int:
 def _cmd_tokens(args) -> int:
     from xkd.config import PretrainConfig, load_config
     from xkd.data.manifest import read_manifest
-    from xkd.data.stats import token_content_stats
+    from xkd.datasets.stats import token_content_stats
 
     cfg = load_config(PretrainConfig, args.config, args.set)
     manifest = read_manifest(args.manifest)
@@ -118,12 +108,12 @@ def _cmd_predecode(args) -> int:
 
 
 def _data_parser(sub) -> None:
-    data = _add(sub, "data", "prepare, check and index datasets")
+    data = add_command(sub, "data", "prepare, check and index datasets")
     dsub = data.add_subparsers(dest="data_cmd", required=True, metavar="COMMAND")
 
-    prep = _add(dsub, "prepare", "build a dataset that ships with xkd")
+    prep = add_command(dsub, "prepare", "build a dataset that ships with xkd")
     psub = prep.add_subparsers(dest="dataset", required=True, metavar="DATASET")
-    av = _add(
+    av = add_command(
         psub,
         "av-digits",
         "build AV-Digits: real MNIST digits animated with 8 motions, paired by class with real spoken digits",
@@ -136,7 +126,7 @@ def _data_parser(sub) -> None:
         "resumes.",
     )
     av.add_argument("--out", default=None,
-                    help=f"output folder (None = {DEFAULT_AVDIGITS} for version 1, {DEFAULT_AVDIGITS}-v2 for version 2; "
+                    help=f"output folder (None = {default_dir(1)} for version 1, {default_dir(2)} for version 2; "
                          "-tiny appended with --tiny)")
     av.add_argument("--version", type=int, choices=(1, 2), default=1, help="benchmark version")
     av.add_argument("--tiny", action="store_true", help="a small build for smoke tests")
@@ -146,7 +136,7 @@ def _data_parser(sub) -> None:
     av.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     av.set_defaults(func=_cmd_prepare)
 
-    check = _add(
+    check = add_command(
         dsub,
         "check",
         "decode every file fully and list each problem file with its reason",
@@ -161,7 +151,7 @@ def _data_parser(sub) -> None:
     modality.add_argument("--video-only", action="store_true", help="do not require an audio stream")
     check.set_defaults(func=_cmd_check)
 
-    man = _add(
+    man = add_command(
         dsub,
         "manifest",
         "write a manifest CSV for a dataset in its official layout",
@@ -174,7 +164,7 @@ def _data_parser(sub) -> None:
     man.add_argument("--fold", type=int, default=None, help="official split for UCF101 / HMDB51 (1-3)")
     man.set_defaults(func=_cmd_manifest)
 
-    stats = _add(
+    stats = add_command(
         dsub,
         "logmel-stats",
         "mean and std of a dataset's log-mel values, for data.logmel.norm_mean / norm_std",
@@ -188,7 +178,7 @@ def _data_parser(sub) -> None:
     stats.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     stats.set_defaults(func=_cmd_stats)
 
-    tok = _add(
+    tok = add_command(
         dsub,
         "tokens",
         "what a masked student sees: tubelets with ink and near-silent audio patch columns",
@@ -206,7 +196,7 @@ def _data_parser(sub) -> None:
     tok.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     tok.set_defaults(func=_cmd_tokens)
 
-    pre = _add(
+    pre = add_command(
         dsub,
         "predecode",
         "decode a pretraining manifest once into arrays that training slices (a faster data loader)",
@@ -242,7 +232,7 @@ def _cmd_pretrain(args) -> int:
 
 
 def _pretrain_parser(sub) -> None:
-    p = _add(
+    p = add_command(
         sub,
         "pretrain",
         "pretrain XKD (or xkd-mas, xkd-mats, mae) from a config file",
@@ -323,7 +313,7 @@ def _cmd_extract(args) -> int:
     opts = ExtractOptions(clips_per_video=args.clips, three_crop=args.three_crop, batch_size=args.batch_size,
                           num_workers=args.workers, missing_audio=args.missing_audio, progress=not args.no_progress)
     out, videos, failed = extract_to_file(encoders, manifest_from_target(args.input), args.out, modalities, opts)
-    from xkd.data.check import shown
+    from xkd.datasets.check import shown
 
     for path, reason in failed:
         print(f"skipped {shown(path)}: {reason}")
@@ -332,7 +322,7 @@ def _cmd_extract(args) -> int:
 
 
 def _extract_parser(sub) -> None:
-    p = _add(
+    p = add_command(
         sub,
         "extract",
         "extract per-clip and per-video features to an .npz file",
@@ -392,7 +382,7 @@ def _eval_parser(sub) -> None:
     from xkd.eval.run import PROTOCOLS, EvalOptions
 
     defaults = EvalOptions()
-    p = _add(
+    p = add_command(
         sub,
         "eval",
         "evaluate frozen or fine-tuned encoders on a dataset",
@@ -453,10 +443,9 @@ def _cmd_clusters(args) -> int:
     from xkd.data.manifest import read_manifest
     from xkd.eval.clusters import assignments, cluster_report, load_head
     from xkd.eval.extract import ExtractOptions
-    from xkd.eval.tasks import AVDIGITS_DEFAULT
 
     name, _, rest = args.dataset.partition(":")
-    path = Path(rest or AVDIGITS_DEFAULT) / "manifest.csv" if name.lower() in ("av-digits", "avdigits") else Path(
+    path = Path(rest or AVDIGITS_DIR) / "manifest.csv" if name.lower() in ("av-digits", "avdigits") else Path(
         args.dataset)
     manifest = read_manifest(path).filter(split=args.split)
     encoders = _with_overrides(load(args.weights, role=args.role), args)
@@ -476,7 +465,7 @@ def _cmd_clusters(args) -> int:
 
 
 def _clusters_parser(sub) -> None:
-    p = _add(
+    p = add_command(
         sub,
         "clusters",
         "what a run's teacher clusters carry: NMI between cluster assignments and label columns",
@@ -509,7 +498,7 @@ def _cmd_demo(args) -> int:
 
 
 def _demo_parser(sub) -> None:
-    p = _add(
+    p = add_command(
         sub,
         "demo",
         "the whole method on a CPU: build AV-Digits, pretrain XKD and MAE, evaluate, write a report",
@@ -541,7 +530,7 @@ def _cmd_ablations(args) -> int:
 def _ablations_parser(sub) -> None:
     from xkd.ablations import VARIANTS
 
-    p = _add(
+    p = add_command(
         sub,
         "ablations",
         "the XKD paper's ablations on AV-Digits over several seeds, as one table (docs/REPRODUCTION.md)",
@@ -553,7 +542,7 @@ def _ablations_parser(sub) -> None:
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
-    p.add_argument("--data", default="data/av-digits", help="AV-Digits folder (built there if missing)")
+    p.add_argument("--data", default=AVDIGITS_DIR, help="AV-Digits folder (built there if missing)")
     p.add_argument("--steps", type=int, default=150, help="pretraining steps per run: the length of its schedule")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
     p.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,
@@ -572,7 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xkd",
         description="Audio-visual self-supervised video representation learning (XKD, CCL) and its evaluations.",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"xkd {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from xkd.config import PretrainConfig, load_config
+from xkd.datasets.avdigits import default_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,7 @@ class DemoPlan:
 
     @classmethod
     def make(cls, quick: bool, data_dir: str | None, steps: int | None, workers: int) -> "DemoPlan":
-        default = "data/av-digits-tiny" if quick else "data/av-digits"
-        return cls(Path(data_dir or default), quick, steps or (12 if quick else 400), workers)
+        return cls(Path(data_dir or default_dir(tiny=quick)), quick, steps or (12 if quick else 400), workers)
 
 
 def cpu_recipe(name: str, overrides: list[str]) -> PretrainConfig:
@@ -100,7 +100,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
              steps: int | None = None, workers: int = 2) -> Path:
     """Run the demo into ``out`` and return the path of its ``report.md``."""
     from xkd.api import baseline_seed, load, random_encoders
-    from xkd.data.avdigits import prepare_avdigits
+    from xkd.datasets.avdigits import prepare_avdigits
     from xkd.eval.extract import ExtractOptions, extract_features
     from xkd.eval.report import comparison_table
     from xkd.eval.run import EvalOptions, evaluate_many, save_report

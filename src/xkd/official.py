@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 import torch
 
+from xkd.cli_help import HelpFormatter
 from xkd.config import EncoderConfig, ModelConfig, PretrainConfig, to_dict
 from xkd.engine.checkpoint import CheckpointError
 from xkd.engine.weights import PRETRAIN_FORMAT, clean_param_name, save_weights, weights_metadata
@@ -484,10 +485,6 @@ def convert_official(
 # --------------------------------------------------------------------------------------------------------- CLI
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
-
-
 def _cmd_convert(args: argparse.Namespace) -> int:
     out = convert_official(
         args.src,
@@ -515,7 +512,7 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
             "and write them as one safetensors weights file that xkd loads like its own (parts video_student,\n"
             "video_teacher, audio_student, audio_teacher). The architecture is read from the tensor shapes."
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("src", help="an official backbone file or a folder of them")
     p.add_argument("out", help="the .safetensors weights file to write")

@@ -5,15 +5,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from xkd.ccl.config import VARIANTS
-
-
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+from xkd.cli_help import HelpFormatter
 
 
 def _cmd_train(args) -> int:
@@ -62,7 +58,7 @@ def add_ccl_parser(sub) -> None:
             "(softmax averaged over every window of a video) and by retrieval (results.json). Teacher features are\n"
             "cached on disk (run.cache_dir). One process, CPU or one GPU."
         ),
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     train.add_argument("--config", required=True, help="YAML config file")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -78,7 +74,7 @@ def add_ccl_parser(sub) -> None:
         help="score the selected checkpoint of a CCL run on a split",
         description="Load <run>/best.safetensors and its config, and print recognition (video top-1 with the\n"
                     "softmax averaged over all non-overlapping windows) and retrieval metrics as JSON.",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     ev.add_argument("--run", required=True, help="a train-ccl run folder")
     ev.add_argument("--split", default="test", help="manifest split to score")
@@ -91,7 +87,7 @@ def add_ccl_parser(sub) -> None:
         description="Train the CCL variant table: one run per (label column, variant, seed) in\n"
                     "<out>/<label>/<variant>/seed<k>, skipping finished runs and resuming interrupted ones; then\n"
                     "write <out>/table.md (test top-1 and R@1, mean ± sample std over seeds).",
-        formatter_class=_Formatter,
+        formatter_class=HelpFormatter,
     )
     grid.add_argument("--config", required=True, help="YAML config file")
     grid.add_argument("--out", required=True, help="folder of the runs and the table")

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from xkd.data.manifest import Manifest, read_manifest
+from xkd.datasets.avdigits import AVDIGITS_DIR
 
-AVDIGITS_DEFAULT = "data/av-digits"
 OFFICIAL_FOLDS = {"ucf101": 3, "hmdb51": 3}
 
 
@@ -137,7 +137,7 @@ def _union(manifests: list[Manifest]) -> tuple[Manifest, dict[str, int]]:
 
 def layout_tasks(name: str, root: Path, fold: int | None, label_column: str, modality: str,
                  split: str = "test") -> list[Task]:
-    from xkd.data.layouts import read_layout
+    from xkd.datasets.layouts import read_layout
 
     key = name.lower().replace("-", "").replace("_", "")
     if key in OFFICIAL_FOLDS:
@@ -165,7 +165,7 @@ def tasks_for(dataset: str, fold: int | None = None, label_column: str = "label"
         raise ValueError(f"split must be 'test' or 'val', got {split!r}")
     name, _, rest = dataset.partition(":")
     if name.lower() in ("av-digits", "avdigits"):
-        tasks = avdigits_tasks(Path(rest or AVDIGITS_DEFAULT), fold, split)
+        tasks = avdigits_tasks(Path(rest or AVDIGITS_DIR), fold, split)
         if modality:
             tasks = [t for t in tasks if t.modality == modality]
     elif rest and not Path(dataset).exists():

