@@ -7,7 +7,7 @@ import torch
 import xkd.eval.linear as linear_module
 from xkd.eval.features import FeatureSet
 from xkd.eval.knn import knn_classify, knn_scores
-from xkd.eval.linear import LINEAR_WDS, LinearHead, cosine_lr, linear_probe
+from xkd.eval.linear import LINEAR_WDS, LinearHead, linear_probe
 
 from feature_fixtures import CLASS_NAMES, blobs, random_set
 FAST = dict(epochs=15, batch_size=64, warmup_epochs=2)
@@ -110,11 +110,6 @@ def test_linear_head_and_schedule():
     w = head.fc.weight.detach()
     assert torch.allclose(w @ w.T, torch.eye(4), atol=1e-5)  # orthogonal rows
     assert head(torch.randn(8, 16)).shape == (8, 4)
-    assert cosine_lr(0, 100, 10, 1.0) == 0.0
-    assert cosine_lr(5, 100, 10, 1.0) == pytest.approx(0.5)
-    assert cosine_lr(10, 100, 10, 1.0) == pytest.approx(1.0)
-    assert cosine_lr(55, 100, 10, 1.0) == pytest.approx(0.5)
-    assert cosine_lr(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
 
 
 # ---- k-NN ----

@@ -2,9 +2,10 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from xkd.config import LossConfig, OptimConfig
-from xkd.engine.schedules import Schedules, build_schedules, cosine_schedule
+from xkd.engine.schedules import Schedules, build_schedules, cosine_schedule, step_decay
 
 
 def reference_cosine(base, final, total, warmup, start):
@@ -110,3 +111,14 @@ def test_ema_momentum_is_a_cosine_that_ends_exactly_at_its_final_value():
     assert np.all(np.diff(m) > 0)
     for k in (7, 33, 81):
         assert m[k] == pytest.approx(1.0 - 0.5 * (1 - 0.997) * (1 + math.cos(math.pi * k / (K - 1))), abs=1e-15)
+
+
+def test_step_decay_is_multistep_lr():
+    milestones, gamma = [3, 5], 0.1
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    reference = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma)
+    for epoch in range(8):
+        assert step_decay(0.5, gamma, milestones, epoch) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-12)
+        optimizer.step()
+        reference.step()
+

@@ -40,6 +40,7 @@ from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import init_distributed
 from xkd.engine.logger import RunLogger
 from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_host
+from xkd.engine.schedules import step_decay
 from xkd.engine.weights import CCL_FORMAT, CCL_WEIGHTS_FILE, load_weights, save_weights, weights_metadata
 
 log = logging.getLogger(__name__)
@@ -65,9 +66,8 @@ def mapped_teachers(cfg: CCLConfig) -> frozenset[str]:
 
 
 def lr_at(cfg: CCLConfig, epoch: int) -> float:
-    """The step schedule: ``lr * gamma^k`` with k the number of milestones <= epoch (MultiStepLR)."""
-    o = cfg.optim
-    return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
+    """The learning rate of ``epoch``: ``optim.lr`` decayed by ``optim.gamma`` at each of ``optim.milestones``."""
+    return step_decay(cfg.optim.lr, cfg.optim.gamma, cfg.optim.milestones, epoch)
 
 
 def _set_lr(optimizer: torch.optim.Optimizer, cfg: CCLConfig, epoch: int) -> float:

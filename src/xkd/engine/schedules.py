@@ -13,6 +13,7 @@ copy of it) and says so in its summary.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -37,6 +38,11 @@ def cosine_schedule(
     k = np.arange(total_iters - warmup_iters, dtype=np.float64)
     cosine = final + 0.5 * (base - final) * (1.0 + np.cos(math.pi * k / max(len(k) - 1, 1)))
     return np.concatenate((warmup, cosine))
+
+
+def step_decay(base: float, gamma: float, milestones: Sequence[int], epoch: int) -> float:
+    """``base * gamma^k``, k the number of milestones at or before ``epoch`` (torch's MultiStepLR, CCL's schedule)."""
+    return base * gamma ** sum(epoch >= m for m in milestones)
 
 
 @dataclass

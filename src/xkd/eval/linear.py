@@ -9,7 +9,6 @@ retrained on the whole training set; the test split is only used by that final h
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from xkd.engine.schedules import cosine_schedule
 from xkd.eval.features import FeatureSet
 from xkd.eval.metrics import evaluate_clip_scores
 from xkd.eval.selection import edges, select_on_val, warn_edges
@@ -39,14 +39,6 @@ class LinearHead(nn.Module):
         return self.fc(self.drop(self.norm(x)))
 
 
-def cosine_lr(step: int, total_steps: int, warmup_steps: int, base_lr: float) -> float:
-    """Linear warmup from 0 to base_lr, then half-cosine to 0; indexed by the global iteration."""
-    if step < warmup_steps:
-        return base_lr * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def train_head(train: FeatureSet, epochs: int, lr: float, wd: float, batch_size: int, warmup_epochs: int = 0,
                batchnorm: bool = True, dropout: float = 0.0, seed: int = 0, device: str = "cpu") -> LinearHead:
     """Fit a :class:`LinearHead` on every training clip (features: [N, D]). Weight decay spares the bias.
@@ -59,6 +51,7 @@ def train_head(train: FeatureSet, epochs: int, lr: float, wd: float, batch_size:
     y = y.float() if train.multilabel else y.long()
     steps_per_epoch = max(1, len(train) // batch_size)
     total_steps = epochs * steps_per_epoch
+    lrs = cosine_schedule(lr, 0.0, total_steps, min(warmup_epochs * steps_per_epoch, total_steps))  # per step
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         head = LinearHead(train.features.shape[1], train.num_classes, batchnorm, dropout).to(device)
@@ -71,7 +64,7 @@ def train_head(train: FeatureSet, epochs: int, lr: float, wd: float, batch_size:
             for i in range(steps_per_epoch):
                 idx = order[i * batch_size:(i + 1) * batch_size]
                 for group in optimizer.param_groups:
-                    group["lr"] = cosine_lr(step, total_steps, warmup_epochs * steps_per_epoch, lr)
+                    group["lr"] = float(lrs[step])
                 logits = head(x[idx])
                 if train.multilabel:
                     loss = F.binary_cross_entropy_with_logits(logits, y[idx])
