@@ -44,7 +44,7 @@ def clips(tmp_path_factory):
     make_av(root / "silent.mp4", seconds=1.0, size=(16, 16), audio=False)
     rows = [ManifestRow("a.mp4", ("x",), "train"), ManifestRow("b.mp4", ("y",), "train", start=0.0, end=1.0),
             ManifestRow("silent.mp4", ("y",), "train", start=0.0, end=1.0)]
-    cfg = CCLDataConfig(manifest=str(root / "m.csv"), num_frames=4, fps=8.0, resize_short=16, eval_batch_size=2,
+    cfg = CCLDataConfig(manifest=str(root / "m.csv"), num_frames=4, video_fps=8.0, resize_short=16, eval_batch_size=2,
                         num_workers=0)
     return root, Manifest(rows, root), cfg
 

@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
     torch.jit.save(torch.jit.script(Energy()), str(root / "audio.pt"))
     config = root / "ccl.yaml"
     config.write_text(f"""
-data: {{manifest: {root / 'manifest.csv'}, label_column: parity, num_frames: 4, fps: 8.0, resize_short: 16,
+data: {{manifest: {root / 'manifest.csv'}, label_column: parity, num_frames: 4, video_fps: 8.0, resize_short: 16,
        train_view: {{crop_size: 16, p_flip: 0.0, p_color: 0.0}}, batch_size: 2, eval_batch_size: 4, num_workers: 0}}
 student: {{depth: 10, widths: [4, 4, 4, 6]}}
 audio_teacher: {{kind: torchscript, path: {root / 'audio.pt'}, temperature: 0.5}}

@@ -91,3 +91,19 @@ def test_every_shipped_config_loads():
     files = sorted((Path(__file__).parents[1] / "configs" / "pretrain").glob("*.yaml"))
     methods = {load_config(PretrainConfig, f).method for f in files}
     assert methods == {"xkd", "xkd-mas", "xkd-mats", "mae"}
+
+
+def test_renamed_keys_are_still_read_with_a_warning(tmp_path):
+    from xkd.ccl.config import CCLConfig
+
+    path = tmp_path / "old.yaml"
+    path.write_text("data: {fps: 12.0, mean: [0.5, 0.5, 0.5]}\n")
+    with pytest.warns(FutureWarning, match=r"'data.fps' is deprecated; write 'data.video_fps'"):
+        cfg = load_config(CCLConfig, path)
+    assert cfg.data.video_fps == 12.0 and cfg.data.video_mean == (0.5, 0.5, 0.5)
+    with pytest.warns(FutureWarning, match="'data.std' is deprecated"):
+        cfg = load_config(CCLConfig, path, ["data.std=[0.2, 0.2, 0.2]"])
+    assert cfg.data.video_std == (0.2, 0.2, 0.2)
+    path.write_text("data: {fps: 12.0, video_fps: 8.0}\n")
+    with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="'data.video_fps' is given twice"):
+        load_config(CCLConfig, path)

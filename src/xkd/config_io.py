@@ -2,13 +2,15 @@
 
 Every key is checked against the dataclass fields and every value against the field's type. An unknown key or a
 wrong type raises :class:`ConfigError` naming the dotted key and the file. Values are parsed by YAML rules, never
-with ``eval()``.
+with ``eval()``. A dataclass may list keys it renamed in a ``RENAMED_KEYS`` class variable (old -> new): an old key
+is still read, with a ``FutureWarning`` naming the new one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import types
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
@@ -102,12 +104,26 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise fail(f"; unsupported type {tp}")
 
 
+def _current_key(cls: type, k: Any, prefix: str, source: str) -> Any:
+    """``k``, or the key it was renamed to (with a warning) when ``cls.RENAMED_KEYS`` lists it."""
+    new = getattr(cls, "RENAMED_KEYS", {}).get(k)
+    if new is None:
+        return k
+    where = f"{prefix}." if prefix else ""
+    warnings.warn(f"{source}: '{where}{k}' is deprecated; write '{where}{new}' (same meaning)", FutureWarning,
+                  stacklevel=3)
+    return new
+
+
 def _build(cls: type[T], data: dict, prefix: str, source: str) -> T:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
     for k, v in data.items():
+        k = _current_key(cls, k, prefix, source)
         key = f"{prefix}.{k}" if prefix else str(k)
+        if k in kwargs:
+            raise ConfigError(f"{source}: '{key}' is given twice (once under its deprecated name)")
         if k not in names:
             known = ", ".join(sorted(names))
             raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {known})")
@@ -202,8 +218,12 @@ def apply_overrides(cfg: T, overrides: list[str], source: str = "<config>") -> T
         key, value = parse_override(text)
         *parents, leaf = key.split(".")
         node: Any = tree
+        section: Any = cfg
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
+            section = getattr(section, part, None)
+        leaf = _current_key(type(section), leaf, ".".join(parents), "--set")
+        key = ".".join([*parents, leaf])
         if not isinstance(node, dict) or leaf not in node:
             raise ConfigError(f"--set {text}: unknown key '{key}'")
         node[leaf] = value

@@ -115,7 +115,7 @@ def _fill(cache: ClipCache, windows: Windows, keys: list[str], dataset_for, comp
 def decoded_clips(windows: Windows, cfg: CCLDataConfig, root: str | Path, progress: bool = True) -> list[Tensor]:
     """Every window's frames, uint8 [T, H, W, 3] as decoded at ``cfg.resize_short``, in window order; decoded once
     per machine and read back from the cache under ``root`` afterwards."""
-    settings = f"{cfg.fps}|{cfg.resize_short}|{cfg.num_frames}"
+    settings = f"{cfg.video_fps}|{cfg.resize_short}|{cfg.num_frames}"
     cache = ClipCache(root, f"decoded-{hashlib.sha1(settings.encode()).hexdigest()[:16]}")
     keys = window_keys(windows)
 

@@ -6,7 +6,7 @@ explains every key.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from xkd.config import VideoViewConfig
 
@@ -17,7 +17,10 @@ VARIANTS = {"baseline": (), "ccl-a": ("audio",), "ccl-i": ("image",), "ccl-ai": 
 
 @dataclass
 class CCLDataConfig:
-    """Clips, labels and views. A clip is one of the non-overlapping ``num_frames / fps``-second windows of a video."""
+    """Clips, labels and views. A clip is one of the non-overlapping ``num_frames / video_fps``-second windows of a
+    video. Keys are named as in pretraining's ``data`` section; the older ``fps``, ``mean`` and ``std`` are still read."""
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"fps": "video_fps", "mean": "video_mean", "std": "video_std"}
 
     manifest: str = ""
     root: str = ""  # prefix of relative manifest paths; empty = the manifest's folder
@@ -27,13 +30,13 @@ class CCLDataConfig:
     val_fraction: float = 0.0  # > 0: hold out this fraction of each class's training videos as validation instead
     test_split: str = "test"
     num_frames: int = 16
-    fps: float = 25.0
+    video_fps: float = 25.0
     resize_short: int = 128  # short side the frames are decoded to
     train_view: VideoViewConfig = field(
         default_factory=lambda: VideoViewConfig(crop_size=112, crop_scale=(0.25, 1.0), p_flip=0.5, p_color=0.0)
     )
-    mean: tuple[float, float, float] = KINETICS_MEAN
-    std: tuple[float, float, float] = KINETICS_STD
+    video_mean: tuple[float, float, float] = KINETICS_MEAN
+    video_std: tuple[float, float, float] = KINETICS_STD
     batch_size: int = 16
     eval_batch_size: int = 32
     num_workers: int = 2
@@ -41,7 +44,7 @@ class CCLDataConfig:
 
     @property
     def clip_duration(self) -> float:
-        return self.num_frames / self.fps
+        return self.num_frames / self.video_fps
 
 
 @dataclass

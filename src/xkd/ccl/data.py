@@ -1,4 +1,4 @@
-"""CCL's clips: every video is cut into non-overlapping windows of ``num_frames / fps`` seconds (spec §B6).
+"""CCL's clips: every video is cut into non-overlapping windows of ``num_frames / video_fps`` seconds (spec §B6).
 
 Training draws one window of each video per epoch (its frames are consecutive, as CCL's 16-frame random crop);
 evaluation uses every window and averages their softmax per video. Fixing the windows to this grid makes a clip a
@@ -119,7 +119,7 @@ def clip_windows(videos: Manifest, duration: float, label_column: str, names: li
 def window_dataset(windows: Windows, cfg: CCLDataConfig, need_video: bool = True, need_audio: bool = False,
                    sample_rate: int = 16000) -> ClipDataset:
     """Item ``w`` decodes window ``w`` exactly (raw uint8 video [T, H, W, 3] and/or float audio [S])."""
-    return ClipDataset(windows.manifest, windows.duration, cfg.fps, cfg.resize_short, sample_rate,
+    return ClipDataset(windows.manifest, windows.duration, cfg.video_fps, cfg.resize_short, sample_rate,
                        need_video=need_video, need_audio=need_audio, missing_audio="silence", bad_media="error",
                        clips_per_video=1, clip_sampling="uniform")
 

@@ -55,7 +55,7 @@ def cache_root(cfg: CCLConfig) -> Path:
 
 def build_student(cfg: CCLConfig, num_classes: int) -> R2Plus1D:
     s = cfg.student
-    return R2Plus1D(num_classes, s.depth, s.one_block_per_stage, s.widths, cfg.data.mean, cfg.data.std)
+    return R2Plus1D(num_classes, s.depth, s.one_block_per_stage, s.widths, cfg.data.video_mean, cfg.data.video_std)
 
 
 def mapped_teachers(cfg: CCLConfig) -> frozenset[str]:
