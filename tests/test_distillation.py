@@ -46,46 +46,48 @@ def test_temperature_schedule_per_epoch_and_per_iteration():
 
 def test_loss_matches_float64_reference_over_all_pairs():
     students, teachers = views(3, 4, 7, seed=0), views(2, 4, 7, seed=1, scale=2.0)
-    loss_fn = CrossModalDINOLoss(7, student_temp=0.1)
+    loss_fn = CrossModalDINOLoss(7, student_temp=0.1, teacher_temps=[0.07])
     center = torch.linspace(-0.5, 0.5, 7)
     loss_fn.center.copy_(center)
-    loss = loss_fn(students, teachers, 0.07)
+    loss = loss_fn(students, teachers)
     expected = reference_loss(students, teachers, center.tolist(), tau_s=0.1, tau_t=0.07)
     assert loss.dtype == torch.float64
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_teacher_temperature_is_the_one_passed():
+def test_teacher_temperature_is_the_schedule_value_of_the_step():
     students, teachers = views(2, 3, 5, seed=2), views(1, 3, 5, seed=3)
-    loss_fn = CrossModalDINOLoss(5, center_momentum=1.0)
-    for tau in (0.04, 0.2):
-        loss = loss_fn(students, teachers, tau)
+    schedule = [0.04, 0.2, 0.11]
+    loss_fn = CrossModalDINOLoss(5, center_momentum=1.0, teacher_temps=schedule)
+    for step, tau in [(0, 0.04), (1, 0.2), (2, 0.11), (7, 0.11)]:  # past the end: the last value
+        loss = loss_fn(students, teachers, step)
         assert loss.item() == pytest.approx(reference_loss(students, teachers, [0.0] * 5, 0.1, tau), rel=1e-10)
-    with pytest.raises(ValueError):
-        loss_fn(students, teachers, 0.0)
+    for bad in ([0.07, 0.0], []):
+        with pytest.raises(ValueError, match="teacher temperatures must be positive"):
+            CrossModalDINOLoss(5, teacher_temps=bad)
 
 
 def test_center_update_math_and_dtype():
     students, teachers = views(2, 4, 6, seed=4), views(2, 4, 6, seed=5)
-    loss_fn = CrossModalDINOLoss(6, center_momentum=0.9)
+    loss_fn = CrossModalDINOLoss(6, center_momentum=0.9, teacher_temps=[0.1])
     assert loss_fn.center.dtype == torch.float32 and "center" in loss_fn.state_dict()
     c0 = torch.arange(6, dtype=torch.float32)
     loss_fn.center.copy_(c0)
     loss_before = reference_loss(students, teachers, c0.tolist(), 0.1, 0.1)
-    loss = loss_fn(students, teachers, 0.1)
+    loss = loss_fn(students, teachers)
     assert loss.item() == pytest.approx(loss_before, rel=1e-6)  # the loss uses the centre before the update
     batch_mean = torch.cat(teachers).mean(dim=0)
     expected = 0.9 * c0.double() + 0.1 * batch_mean
     torch.testing.assert_close(loss_fn.center[0].double(), expected, rtol=1e-6, atol=1e-6)
     # bf16 teacher outputs keep the centre in fp32
-    loss_fn([s.bfloat16() for s in students], [t.bfloat16() for t in teachers], 0.1)
+    loss_fn([s.bfloat16() for s in students], [t.bfloat16() for t in teachers])
     assert loss_fn.center.dtype == torch.float32
 
 
 def test_teacher_side_gets_no_gradient():
     students = [s.requires_grad_(True) for s in views(2, 3, 5, seed=6)]
     teachers = [t.requires_grad_(True) for t in views(1, 3, 5, seed=7)]
-    CrossModalDINOLoss(5)(students, teachers, 0.07).backward()
+    CrossModalDINOLoss(5)(students, teachers).backward()
     assert all(t.grad is None for t in teachers)
     assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in students)
 
@@ -95,15 +97,15 @@ def test_gradient_float64_gradcheck():
     teachers = views(1, 2, 4, seed=9)
     loss_fn = CrossModalDINOLoss(4, student_temp=0.1, center_momentum=1.0)  # m = 1 keeps the centre fixed
     loss_fn.center.copy_(torch.tensor([0.3, -0.2, 0.1, 0.0]))
-    assert torch.autograd.gradcheck(lambda s0, s1: loss_fn([s0, s1], teachers, 0.07), tuple(students))
+    assert torch.autograd.gradcheck(lambda s0, s1: loss_fn([s0, s1], teachers), tuple(students))
 
 
 def test_finite_under_bf16_autocast_with_large_logit_gaps():
     students = [torch.tensor([[1e4, -1e4, 0.0], [-1e4, 0.0, 1e4]], dtype=torch.bfloat16, requires_grad=True)]
     teachers = [torch.tensor([[-1e4, 1e4, 0.0], [0.0, 1e4, -1e4]], dtype=torch.bfloat16)]
-    loss_fn = CrossModalDINOLoss(3, student_temp=0.1)
+    loss_fn = CrossModalDINOLoss(3, student_temp=0.1, teacher_temps=[0.04])
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss = loss_fn(students, teachers, 0.04)
+        loss = loss_fn(students, teachers)
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert torch.isfinite(students[0].grad).all()
@@ -116,9 +118,9 @@ def test_finite_under_bf16_autocast_with_large_logit_gaps():
 def test_mismatched_views_raise():
     loss_fn = CrossModalDINOLoss(5)
     with pytest.raises(ValueError):
-        loss_fn(views(1, 3, 5, seed=0), views(1, 4, 5, seed=1), 0.1)
+        loss_fn(views(1, 3, 5, seed=0), views(1, 4, 5, seed=1))
     with pytest.raises(ValueError):
-        loss_fn([], views(1, 3, 5, seed=1), 0.1)
+        loss_fn([], views(1, 3, 5, seed=1))
 
 
 def rank_views(rank):
@@ -133,7 +135,7 @@ def _center_worker(rank, world_size, init_file, out_dir):
         teachers = rank_views(rank)
         students = views(1, teachers[0].shape[0], 4, seed=200 + rank, dtype=torch.float32)
         loss_fn = CrossModalDINOLoss(4, center_momentum=0.5)
-        loss_fn(students, teachers, 0.1)
+        loss_fn(students, teachers)
         torch.save(loss_fn.center, f"{out_dir}/center{rank}.pt")
     finally:
         dist.destroy_process_group()

@@ -142,3 +142,28 @@ def test_given_mask_noise_is_used_and_is_split_safe():
     assert torch.equal(full, again)
     other, _ = model(frames, audio, mask_noise=(torch.rand(4, nv), torch.rand(4, na)))
     assert not torch.equal(full, other)
+
+
+def test_each_teacher_temperature_schedule_reaches_its_loss_in_one_hop():
+    from xkd.engine.distributed import DistInfo
+    from xkd.engine.pretrain import Trainer
+    from xkd.engine.schedules import build_schedules
+
+    cfg = tiny_cfg(video_teacher_temp_warmup=0.04, video_teacher_temp=0.07, audio_teacher_temp_warmup=0.05,
+                   audio_teacher_temp=0.09, teacher_temp_warmup_epochs=2)
+    cfg.optim.epochs, cfg.optim.warmup_epochs = 4, 1
+    schedules = build_schedules(cfg.optim, cfg.loss, iters_per_epoch=3, total_iters=12)
+    model = Trainer(cfg, DistInfo(0, 1, 0, torch.device("cpu"), True), schedules).model
+    # the video teacher's targets teach the audio student: its temperature sharpens kd_video_to_audio
+    assert model.kd_video_to_audio.teacher_temps == schedules.video_teacher_temp.tolist()
+    assert model.kd_audio_to_video.teacher_temps == schedules.audio_teacher_temp.tolist()
+    assert schedules.video_teacher_temp[0] == 0.04 and schedules.video_teacher_temp[-1] == 0.07
+    default = XKD(cfg)  # without a schedule: the final temperatures throughout
+    assert default.kd_video_to_audio.teacher_temps == [0.07] and default.kd_audio_to_video.teacher_temps == [0.09]
+    frames, audio = inputs(cfg)
+    torch.manual_seed(0)
+    _, early = model(frames, audio, step=0)
+    model.kd_video_to_audio.center.zero_(), model.kd_audio_to_video.center.zero_()
+    torch.manual_seed(0)
+    _, late = model(frames, audio, step=11)
+    assert early["kd_video_to_audio"] != late["kd_video_to_audio"]  # another τ_t, the same inputs and masks

@@ -41,7 +41,7 @@ from xkd.engine.logger import RunLogger, plot_metrics
 from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_host
 from xkd.engine.optim import (amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler,
                               param_groups, resolve_amp)
-from xkd.engine.schedules import build_schedules, schedule_length
+from xkd.engine.schedules import Schedules, build_schedules, schedule_length
 from xkd.engine.weights import (PRETRAIN_FORMAT, WEIGHTS_FILE, decoder_part, encoder_part, head_part, save_weights,
                                  weights_metadata)
 from xkd.host_memory import keep_freed_host_memory
@@ -133,17 +133,20 @@ class Trainer:
     """The model, its optimiser and grad scaler, and one training step (forward, backward, clip, step, EMA).
 
     Shared by :func:`pretrain` and the benchmarks. ``train_step`` takes the step's micro-batches (dicts with
-    ``frames`` and ``audio`` lists) and the scheduled values of the step.
+    ``frames`` and ``audio`` lists) and the scheduled values of the step; the teacher temperatures of ``schedules``
+    go to the distillation losses once, here (without schedules: the config's final temperatures).
     """
 
-    def __init__(self, cfg: PretrainConfig, dist_info: DistInfo):
+    def __init__(self, cfg: PretrainConfig, dist_info: DistInfo, schedules: Schedules | None = None):
         self.cfg = cfg
         self.dist = dist_info
         device = dist_info.device
         torch.manual_seed(cfg.run.seed)
         if device.type == "cpu":
             keep_freed_host_memory()  # the step's large buffers stay in the heap between steps (5-7% faster)
-        self.model = XKD(cfg).to(device)
+        temps = None if schedules is None else {"video": schedules.video_teacher_temp,
+                                                 "audio": schedules.audio_teacher_temp}
+        self.model = XKD(cfg, temps).to(device)
         groups = param_groups(
             self.model.trainable_modules(),
             decay_embeddings=cfg.optim.decay_embeddings,
@@ -170,7 +173,7 @@ class Trainer:
         if state["scaler"]:  # empty when saved by a run without fp16 loss scaling
             self.scaler.load_state_dict(state["scaler"])
 
-    def _forward_backward(self, batch: dict, step: int, micro: int, temps: tuple[float, float]) -> dict:
+    def _forward_backward(self, batch: dict, step: int, micro: int) -> dict:
         cfg, device = self.cfg, self.dist.device
         accum = cfg.optim.accum_steps
         frames = [v.to(device, non_blocking=True) for v in batch["frames"]]
@@ -180,26 +183,25 @@ class Trainer:
         sync = nullcontext() if last or self.dist.world_size == 1 else self.train_model.no_sync()
         with sync:
             with amp_context(device, self.amp):
-                loss, terms = self.train_model(frames, audio, temps, noise)
+                loss, terms = self.train_model(frames, audio, step, noise)
             self.scaler.scale(loss / accum).backward()
         return terms
 
     def train_step(self, micro_batches: Iterable[dict], step: int, values: dict[str, float]) -> StepResult:
-        """One optimiser step at global step ``step`` with the scheduled ``values`` (lr, weight_decay, momentum,
-        teacher temperatures). A non-finite loss term leaves the parameters untouched."""
+        """One optimiser step at global step ``step`` with the scheduled ``values`` (lr, weight_decay, momentum).
+        A non-finite loss term leaves the parameters untouched."""
         cfg = self.cfg
         apply_schedules(self.optimizer, values["lr"], values["weight_decay"])
-        temps = (values["video_teacher_temp"], values["audio_teacher_temp"])
         sums: dict[str, float] = {}
         nonfinite = None
         for micro, batch in enumerate(micro_batches):
             if self.step_flops is None and self.dist.is_main and micro == 0:
                 captured: dict = {}
-                flops = count_flops(lambda: captured.update(self._forward_backward(batch, step, micro, temps)))
+                flops = count_flops(lambda: captured.update(self._forward_backward(batch, step, micro)))
                 self.step_flops = flops * cfg.optim.accum_steps
                 terms = captured
             else:
-                terms = self._forward_backward(batch, step, micro, temps)
+                terms = self._forward_backward(batch, step, micro)
             host = terms_to_host(terms)
             nonfinite = nonfinite or first_nonfinite(host)
             for k, v in host.items():
@@ -291,12 +293,10 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     limit = max_steps if max_steps else run.max_steps
     total_steps = min(full_steps, limit) if limit else full_steps
 
-    # -------------------------------------------------------------- model
-    trainer = Trainer(cfg, dist_info)
-    model = trainer.model
-
-    # ---------------------------------------------------------- schedules
+    # ------------------------------------------------------ schedules, model
     sched = build_schedules(cfg.optim, cfg.loss, iters_per_epoch, total_steps)
+    trainer = Trainer(cfg, dist_info, sched)
+    model = trainer.model
 
     # ------------------------------------------------------------- resume
     step = 0

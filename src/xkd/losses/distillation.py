@@ -37,20 +37,25 @@ def teacher_temperature_schedule(
 class CrossModalDINOLoss(nn.Module):
     """Cross-entropy between the centred, sharpened teacher distribution and the student distribution.
 
-    out_dim: K, the head output size; student_temp: τ_s; center_momentum: m. The teacher temperature τ_t of each
-    step is passed to :meth:`forward` (the engine reads it from :func:`teacher_temperature_schedule`).
+    out_dim: K, the head output size; student_temp: τ_s; center_momentum: m; teacher_temps: τ_t per optimiser step
+    (:func:`teacher_temperature_schedule`, as DINO's loss holds its own), the last value used after the schedule ends.
     """
 
     center: Tensor
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 teacher_temps: Sequence[float] = (0.07,)) -> None:
         super().__init__()
         self.student_temp = student_temp
         self.center_momentum = center_momentum
+        self.teacher_temps = [float(t) for t in teacher_temps]
+        if not self.teacher_temps or min(self.teacher_temps) <= 0:
+            raise ValueError(f"teacher temperatures must be positive and at least one, got {list(teacher_temps)[:5]}")
         self.register_buffer("center", torch.zeros(1, out_dim, dtype=torch.float32))
 
-    def forward(self, student_out: Sequence[Tensor], teacher_out: Sequence[Tensor], teacher_temp: float) -> Tensor:
-        """student_out: student views, each [B, K]; teacher_out: teacher views, each [B, K]. Returns a scalar.
+    def forward(self, student_out: Sequence[Tensor], teacher_out: Sequence[Tensor], step: int = 0) -> Tensor:
+        """student_out: student views, each [B, K]; teacher_out: teacher views, each [B, K]; step: the optimiser step,
+        which picks τ_t. Returns a scalar.
 
         loss = mean over all (teacher view, student view) pairs of mean_b[-Σ_k q_bk log p_bk], with
         q = softmax((t - c) / τ_t) (no gradient) and log p = log_softmax(s / τ_s). Computed in fp32 (float64 inputs
@@ -61,9 +66,7 @@ class CrossModalDINOLoss(nn.Module):
         shapes = {tuple(t.shape) for t in (*student_out, *teacher_out)}
         if len(shapes) != 1:
             raise ValueError(f"every view must have the same shape [B, K], got {sorted(shapes)}")
-        if not teacher_temp > 0:
-            raise ValueError(f"teacher_temp must be positive, got {teacher_temp}")
-        tau_t = float(teacher_temp)
+        tau_t = self.teacher_temps[min(step, len(self.teacher_temps) - 1)]
         device_type = student_out[0].device.type
         with torch.autocast(device_type=device_type, enabled=False):
             log_p = [F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)) / self.student_temp, dim=-1)

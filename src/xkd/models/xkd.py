@@ -22,17 +22,18 @@ Only the parts an objective needs are built, so every trainable parameter receiv
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from xkd.config import PretrainConfig
-from xkd.models.ema import ema_update_pairs, teacher_from_student
 from xkd.losses.distillation import CrossModalDINOLoss
 from xkd.losses.mmd import mmd_loss
 from xkd.losses.reconstruction import reconstruction_loss
 from xkd.models.decoder import decoder_for
+from xkd.models.ema import ema_update_pairs, teacher_from_student
 from xkd.models.encoder import Encoder, EncoderOutput, audio_encoder, pooled, video_encoder
 from xkd.models.head import DINOHead, dino_head
 from xkd.models.refine import cross_modal_weights, refine_pool
@@ -72,9 +73,13 @@ class Objectives:
 
 
 class XKD(nn.Module):
-    """All XKD variants. ``forward(frames, audio, teacher_temps) -> (loss, terms)``; see :meth:`forward`."""
+    """All XKD variants. ``forward(frames, audio, step) -> (loss, terms)``; see :meth:`forward`.
 
-    def __init__(self, cfg: PretrainConfig):
+    teacher_temps: ``{"video": [τ per step], "audio": [...]}``, each teacher's temperature schedule, held by the
+    distillation loss it sharpens (default: the config's final temperatures at every step).
+    """
+
+    def __init__(self, cfg: PretrainConfig, teacher_temps: Mapping[str, Sequence[float]] | None = None):
         super().__init__()
         self.cfg = cfg
         self.objectives = obj = Objectives.of(cfg)
@@ -106,8 +111,10 @@ class XKD(nn.Module):
                     self.teacher[name] = teacher_from_student(self.student[name])
         if obj.kd:
             lc = cfg.loss
-            self.kd_video_to_audio = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum)
-            self.kd_audio_to_video = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum)
+            temps = teacher_temps or {"video": [lc.video_teacher_temp], "audio": [lc.audio_teacher_temp]}
+            # the video teacher's targets teach the audio student, and the other way round
+            self.kd_video_to_audio = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum, temps["video"])
+            self.kd_audio_to_video = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum, temps["audio"])
 
     # ------------------------------------------------------------------ parts
     def trainable_modules(self) -> dict[str, nn.Module]:
@@ -160,13 +167,13 @@ class XKD(nn.Module):
         self,
         frames: list[Tensor],
         audio: list[Tensor],
-        teacher_temps: tuple[float, float] = (0.1, 0.07),
+        step: int = 0,
         mask_noise: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """One training step's loss (spec §A5).
 
         frames: [global [B, 3, T, H, W], local [B, 3, t, h, w], ...]; audio: [global [B, 1, F, Ta], local [B, 1, F, ta]].
-        teacher_temps: (video teacher τ, audio teacher τ) at this step. mask_noise: optional uniform noise
+        step: the optimiser step (it picks the teacher temperatures). mask_noise: optional uniform noise
         ([B, Nv], [B, Na]) that decides the masks (the engine draws it for the global batch so that a DDP run equals
         a single process). Returns the total loss and a dict of detached loss terms for logging.
         """
@@ -202,8 +209,8 @@ class XKD(nn.Module):
                 raise ValueError("loss.teacher_view='local' needs at least one local view of each modality")
             zt_v, zt_a = self._teacher_outputs(frames[t_idx], audio[t_idx])
             if obj.kd:
-                l_v2a = self.kd_video_to_audio(zs_a, [zt_v], teacher_temps[0])
-                l_a2v = self.kd_audio_to_video(zs_v, [zt_a], teacher_temps[1])
+                l_v2a = self.kd_video_to_audio(zs_a, [zt_v], step)
+                l_a2v = self.kd_audio_to_video(zs_v, [zt_a], step)
                 l_kd = (l_v2a + l_a2v) / 2
                 terms.update(kd_video_to_audio=l_v2a.detach(), kd_audio_to_video=l_a2v.detach(), kd=l_kd.detach())
                 weighted.append(cfg.loss.kd_coeff * l_kd)
