@@ -98,11 +98,15 @@ def test_renamed_keys_are_still_read_with_a_warning(tmp_path):
 
     path = tmp_path / "old.yaml"
     path.write_text("data: {fps: 12.0, mean: [0.5, 0.5, 0.5]}\n")
-    with pytest.warns(FutureWarning, match=r"'data.fps' is deprecated; write 'data.video_fps'"):
+    with pytest.warns(FutureWarning) as record:
         cfg = load_config(CCLConfig, path)
+    assert [str(w.message).split(": ", 1)[1] for w in record] == [
+        "'data.fps' is deprecated; write 'data.video_fps' (same meaning)",
+        "'data.mean' is deprecated; write 'data.video_mean' (same meaning)"]
     assert cfg.data.video_fps == 12.0 and cfg.data.video_mean == (0.5, 0.5, 0.5)
-    with pytest.warns(FutureWarning, match="'data.std' is deprecated"):
+    with pytest.warns(FutureWarning) as record:
         cfg = load_config(CCLConfig, path, ["data.std=[0.2, 0.2, 0.2]"])
+    assert "'data.std' is deprecated; write 'data.video_std'" in str(record[-1].message)
     assert cfg.data.video_std == (0.2, 0.2, 0.2)
     path.write_text("data: {fps: 12.0, video_fps: 8.0}\n")
     with pytest.warns(FutureWarning), pytest.raises(ConfigError, match="'data.video_fps' is given twice"):

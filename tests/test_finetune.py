@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import socket
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,9 +20,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import xkd.eval.finetune as ft
-from xkd.config import DataConfig, LogMelConfig
+from xkd.config import DataConfig, FinetuneConfig, LogMelConfig
 from xkd.data.manifest import Manifest, ManifestRow
 from xkd.datasets.media_writer import write_media
+from xkd.engine.optim import layer_decay_groups
 from xkd.engine.weights import list_parts, load_weights
 from xkd.eval.mixup import mixup_cutmix, smooth_targets
 from xkd.eval.report import to_jsonable
@@ -81,13 +83,13 @@ FAST = dict(epochs=4, batch_size=4, lr=2e-3, min_lr=1e-5, warmup_epochs=1, layer
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# parameter groups, mixup, loss, views, recipes
+# parameter groups, mixup, loss, recipes
 
 
 def test_layer_decay_lr_follows_beit_formula():
     classifier = ft.Classifier(tiny_video_encoder(), num_classes=5)
     base, decay, depth = 1e-3, 0.6, 2
-    groups = ft.layer_decay_groups(classifier, base, weight_decay=0.05, layer_decay=decay)
+    groups = layer_decay_groups(classifier, base, weight_decay=0.05, layer_decay=decay)
     layer_of, decay_of = {}, {}
     for g in groups:
         assert g["lr"] == pytest.approx(base * decay ** (depth + 1 - g["layer_id"]))
@@ -158,46 +160,26 @@ def test_loss_matches_torch_label_smoothing_and_bce():
     assert bce.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits, hot).item(), rel=1e-6)
 
 
-def test_train_and_test_views():
-    g = torch.Generator().manual_seed(0)
-    video = torch.zeros(3, 4, 16, 16)
-    erased = ft.random_erasing(video, 1.0, g)
-    assert (erased != 0).any() and ((erased != 0) == (erased != 0)[:, :1]).all()  # one box for every frame
-    assert ft.random_erasing(video, 0.0, g) is video
-
-    spec = torch.randn(1, 40, 100)
-    assert torch.equal(ft.time_warp(spec, 0, g), spec)
-    warped = ft.time_warp(spec, 10, g)
-    assert warped.shape == spec.shape and not torch.equal(warped, spec)
-    masked = ft.mask_bands(spec, -1, count=2, max_width=20, generator=g)
-    zero_frames = (masked == 0).all(dim=1).sum().item()
-    assert 0 < zero_frames <= 40 and ((masked == 0) | (masked == spec)).all()
-
-    class Clip:
-        video = torch.randint(0, 255, (16, 48, 64, 3), dtype=torch.uint8)
-        audio = torch.randn(32000)
-
-    view = ft.TestView("video", 3, 32, (0.5,) * 3, (0.2,) * 3, logmel=None)
-    crops = view(Clip())["x"]
-    assert crops.shape == (3, 3, 16, 32, 32) and not torch.equal(crops[0], crops[2])  # left and right differ
-    assert ft.TestView("video", 1, 32, (0.5,) * 3, (0.2,) * 3, None)(Clip())["x"].shape == (1, 3, 16, 32, 32)
-
-
 def test_recipes_follow_the_spec():
     ucf, hmdb, esc, fsd = (ft.finetune_recipe(n) for n in ("ucf101", "hmdb51", "esc50", "fsd50k"))
     assert (ucf.lr, ucf.warmup_epochs, ucf.layer_decay, ucf.mixup, ucf.cutmix) == (5e-4, 5, 0.45, 0.6, 0.5)
     assert (hmdb.lr, hmdb.warmup_epochs, hmdb.layer_decay, hmdb.mixup, hmdb.cutmix) == (1e-4, 20, 0.75, 1.0, 1.0)
-    assert (ucf.crop_size, ucf.test_clips, ucf.test_crops, ucf.label_smoothing, ucf.dropout) == (224, 3, 3, 0.1, 0.5)
+    assert (ucf.video_view.crop_size, ucf.test_clips, ucf.test_crops, ucf.label_smoothing, ucf.dropout) == (224, 3, 3, 0.1, 0.5)
     assert (ucf.weight_decay, ucf.betas, ucf.min_lr, ucf.epochs) == (0.05, (0.9, 0.999), 1e-6, 100)
     assert (esc.batch_size, esc.lr, esc.warmup_epochs, esc.weight_decay, esc.layer_decay) == (64, 1e-4, 10, 0.005, 0.65)
     assert esc.l2_normalize_features and esc.test_clips == 3 and esc.dropout == 0.5
     assert (fsd.batch_size, fsd.epochs, fsd.lr, fsd.min_lr, fsd.warmup_start_lr) == (128, 30, 1e-4, 1e-4, 1e-6)
     assert fsd.multilabel and (fsd.weight_decay, fsd.dropout, fsd.test_clips) == (1e-5, 0.3, 8)
-    assert ft.finetune_recipe("k400", epochs=3, warmup_epochs=1).epochs == 3
+    assert esc.video_view.crop_size == 0  # the encoder's frame size
+    assert ft.finetune_recipe("k400", ["epochs=3", "warmup_epochs=1"]).epochs == 3
     with pytest.raises(ValueError, match="warmup_epochs"):
-        ft.finetune_recipe("k400", epochs=3)
+        ft.finetune_recipe("k400", ["epochs=3"])
     with pytest.raises(ValueError, match="test_crops"):
-        ft.FinetuneConfig(test_crops=2)
+        FinetuneConfig(test_crops=2)
+    with pytest.warns(FutureWarning, match="'crop_size' is deprecated; write 'video_view.crop_size'"):
+        assert ft.finetune_recipe("ucf101", ["crop_size=112"]).video_view.crop_size == 112
+    with pytest.raises(FileNotFoundError, match="recipes here: esc50, fsd50k, hmdb51, k400, ucf101"):
+        ft.finetune_recipe("ucf-101")
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -222,8 +204,8 @@ def video_run(media, data_cfg, tmp_path_factory):
     train, test = media
     encoder = tiny_video_encoder()
     before = copy.deepcopy(encoder.state_dict())
-    cfg = ft.FinetuneConfig(**{**FAST, "num_workers": 1}, crop_size=48, test_clips=2, test_crops=3, mixup=0.6,
-                            cutmix=0.5)
+    cfg = FinetuneConfig(**{**FAST, "num_workers": 1}, video_view=replace(FinetuneConfig().video_view, crop_size=48),
+                         test_clips=2, test_crops=3, mixup=0.6, cutmix=0.5)
     events = []  # ("predict", paths, samples, clips per video, weights fingerprint) or ("forward", batch size)
     predict, forward, score = ft.predict, ft.Classifier.forward, ft.score_predictions
 
@@ -309,7 +291,7 @@ def test_best_weights_and_bad_media_are_reported(video_run):
 
 def test_audio_finetune_with_l2_features_learns_the_sound(media, data_cfg):
     train, test = media
-    cfg = ft.FinetuneConfig(**{**FAST, "lr": 1e-2}, l2_normalize_features=True, mixup=0.0, cutmix=0.0,
+    cfg = FinetuneConfig(**{**FAST, "lr": 1e-2}, l2_normalize_features=True, mixup=0.0, cutmix=0.0,
                             label_smoothing=0.0, test_clips=3)
     result = ft.finetune(tiny_audio_encoder(), train, test, "sound", "audio", cfg, data_cfg, progress=False)
     assert result["class_names"] == ["noise", "tone"]
@@ -323,7 +305,7 @@ def test_multilabel_uses_map_and_no_val_split_tests_the_last_epoch(media, data_c
     def tags(m):
         return Manifest([ManifestRow(r.path, (r.label, r.extra["sound"]), r.split) for r in m], m.root)
 
-    cfg = ft.FinetuneConfig(**{**FAST, "epochs": 1, "val_fraction": 0.0, "warmup_epochs": 0}, multilabel=True,
+    cfg = FinetuneConfig(**{**FAST, "epochs": 1, "val_fraction": 0.0, "warmup_epochs": 0}, multilabel=True,
                             test_clips=1, test_crops=1, mixup=0.0, cutmix=0.0)
     result = ft.finetune(tiny_audio_encoder(), tags(train), tags(test), "label", "audio", cfg, data_cfg,
                          progress=False)
@@ -354,7 +336,7 @@ def reference_run(media, data_cfg):
     """One process, batch 4, no mixup and no dropout: every step then depends only on which clips it holds."""
     train, test = media
     common = {**FAST, "epochs": 2, "mixup": 0.0, "cutmix": 0.0, "dropout": 0.0, "test_clips": 1}
-    result = ft.finetune(tiny_video_encoder(), train, test, "label", "video", ft.FinetuneConfig(**common), data_cfg,
+    result = ft.finetune(tiny_video_encoder(), train, test, "label", "video", FinetuneConfig(**common), data_cfg,
                          progress=False)
     return common, result
 
@@ -369,7 +351,7 @@ def assert_same_run(a, b):
 def test_gradient_accumulation_equals_the_large_batch(media, data_cfg, reference_run):
     train, test = media
     common, reference = reference_run
-    cfg = ft.FinetuneConfig(**{**common, "batch_size": 2, "accum_steps": 2})
+    cfg = FinetuneConfig(**{**common, "batch_size": 2, "accum_steps": 2})
     result = ft.finetune(tiny_video_encoder(), train, test, "label", "video", cfg, data_cfg, progress=False)
     assert_same_run(to_jsonable(result), to_jsonable(reference))
 
@@ -378,7 +360,7 @@ def test_two_process_ddp_equals_one_process(media, data_cfg, reference_run, tmp_
     """2 processes x batch 2 see the same clips per step as 1 process x batch 4."""
     train, test = media
     common, reference = reference_run
-    cfg = ft.FinetuneConfig(**{**common, "batch_size": 2})
+    cfg = FinetuneConfig(**{**common, "batch_size": 2})
     mp.spawn(_ddp_worker, args=(_free_port(), train, test, cfg, data_cfg, str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]

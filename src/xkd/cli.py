@@ -428,10 +428,11 @@ def _eval_parser(sub) -> None:
                         "labelled)")
     p.add_argument("--epochs", type=int, default=100, help="linear-probe / fine-tuning epochs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--recipe", default="ucf101", choices=("ucf101", "hmdb51", "k400", "esc50", "fsd50k"),
-                   help="finetune: the paper's recipe to start from (spec §A10)")
+    p.add_argument("--recipe", default="ucf101",
+                   help="finetune: the recipe to start from, a name of configs/finetune (ucf101, hmdb51, k400, esc50, "
+                        "fsd50k: the paper's, spec §A10) or a YAML file")
     p.add_argument("--ft-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="finetune: override a recipe key, e.g. --ft-set batch_size=8 --ft-set test_crops=1")
+                   help="finetune: override a recipe key, e.g. --ft-set batch_size=8 --ft-set video_view.crop_size=112")
     p.add_argument("--out", default="eval", help="output folder")
     p.set_defaults(func=_cmd_eval)
 

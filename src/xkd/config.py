@@ -1,13 +1,14 @@
-"""The configuration schema: every hyper-parameter of pretraining, with the paper's defaults (spec §A2, §A12).
+"""The configuration schema: every hyper-parameter of pretraining and of fine-tuning, with the paper's defaults
+(spec §A2, §A10, §A12).
 
-Defaults reproduce the XKD Kinetics-400 recipe. ``configs/pretrain/*_avdigits_cpu.yaml`` scale it down for a CPU.
+Defaults reproduce the XKD Kinetics-400 recipe and its UCF101 fine-tuning. ``configs/pretrain/*_avdigits_cpu.yaml`` scale it down for a CPU.
 ``docs/CONFIG.md`` maps each key to the paper and to the original code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from xkd.config_io import ConfigError, dump_config, from_dict, load_config, to_dict
 
@@ -202,6 +203,77 @@ class PretrainConfig:
             raise ValueError("model.decoder_dim must be divisible by model.decoder_heads")
 
 
+@dataclass
+class FinetuneConfig:
+    """One end-to-end fine-tuning recipe (``xkd eval finetune``; spec §A10). The defaults are the UCF101 /
+    Kinetics-400 video recipe except ``video_view.crop_size`` (0 = the encoder's configured frame size; the paper
+    fine-tunes video at 224). ``configs/finetune/*.yaml`` hold the paper's recipes."""
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {k: f"video_view.{k}" for k in ("crop_size", "crop_scale", "crop_ratio",
+                                                                              "p_flip")}
+
+    # optimisation
+    epochs: int = 100
+    batch_size: int = 24  # per process and micro-step
+    accum_steps: int = 1  # micro-batches per optimiser step
+    lr: float = 5e-4
+    min_lr: float = 1e-6  # the cosine ends here; min_lr == lr keeps the rate fixed after warm-up
+    warmup_epochs: int = 5
+    warmup_start_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    layer_decay: float = 0.45  # BEiT layer-wise lr decay (1 = off)
+    # targets and head
+    label_smoothing: float = 0.1
+    mixup: float = 0.6  # Beta alpha; 0 = off
+    cutmix: float = 0.5  # Beta alpha; 0 = off
+    mixup_prob: float = 1.0  # probability that a batch is mixed at all
+    switch_prob: float = 0.5  # probability of cutmix rather than mixup when both are on
+    dropout: float = 0.5  # before the linear head
+    l2_normalize_features: bool = False  # ESC-50: L2-normalise the pooled features, then dropout
+    multilabel: bool = False  # FSD50K: binary cross-entropy and mAP
+    # video train view: random resized crop (crop_size 0 = the encoder's frame size), flip, no colour; then erasing
+    video_view: VideoViewConfig = field(default_factory=lambda: VideoViewConfig(
+        crop_size=0, crop_scale=(0.2, 0.766), crop_ratio=(0.75, 1.333), p_flip=0.5, p_color=0.0))
+    random_erase: float = 0.25  # probability of erasing one box (all frames alike)
+    # audio train view
+    gain_jitter: float = 0.2  # waveform gain ~U(1 - g, 1 + g)
+    audio_resize_crop: bool = True  # BYOL-A random resize crop of the log-mel
+    time_warp: int = 20  # SpecAugment time-warp window in frames; 0 = off
+    freq_masks: int = 2
+    freq_mask_width: int = 10  # each mask covers U{0..width} mel bins
+    time_masks: int = 2
+    time_mask_width: int = 20  # each mask covers U{0..width} frames
+    # evaluation
+    test_clips: int = 3
+    test_crops: int = 3  # video only: 1 (centre) or 3 (left / centre / right)
+    val_clips: int = 1
+    val_fraction: float = 0.1  # of the training rows; 0 = no val split, the last epoch is tested
+    # run
+    amp: Literal["none", "bf16", "fp16"] = "none"  # falls back to fp32 where the device is not fast in it
+    force_amp: bool = False  # keep amp even where a probe finds it slower than fp32
+    seed: int = 0
+    num_workers: int = 2
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+    def __post_init__(self) -> None:
+        positive = ("epochs", "batch_size", "accum_steps", "test_clips", "val_clips")
+        bad = [name for name in positive if getattr(self, name) < 1]
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be >= 1")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
+        if self.test_crops not in (1, 3):
+            raise ValueError(f"test_crops must be 1 or 3, got {self.test_crops}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.video_view.crop_size < 0:
+            raise ValueError(f"video_view.crop_size must be positive, or 0 for the encoder's frame size, got "
+                             f"{self.video_view.crop_size}")
+
+
 __all__ = [
     "ConfigError",
     "LogMelConfig",
@@ -214,6 +286,7 @@ __all__ = [
     "OptimConfig",
     "RunConfig",
     "PretrainConfig",
+    "FinetuneConfig",
     "load_config",
     "dump_config",
     "to_dict",

@@ -3,7 +3,7 @@
 Every key is checked against the dataclass fields and every value against the field's type. An unknown key or a
 wrong type raises :class:`ConfigError` naming the dotted key and the file. Values are parsed by YAML rules, never
 with ``eval()``. A dataclass may list keys it renamed in a ``RENAMED_KEYS`` class variable (old -> new): an old key
-is still read, with a ``FutureWarning`` naming the new one.
+(dotted when it moved into a sub-section) is still read, with a ``FutureWarning`` naming the new one.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 T = TypeVar("T")
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"  # the recipes of a checkout (pip install -e .)
 
 
 class ConfigError(ValueError):
@@ -104,26 +105,49 @@ def _convert(value: Any, tp: Any, key: str, source: str) -> Any:
     raise fail(f"; unsupported type {tp}")
 
 
-def _current_key(cls: type, k: Any, prefix: str, source: str) -> Any:
-    """``k``, or the key it was renamed to (with a warning) when ``cls.RENAMED_KEYS`` lists it."""
-    new = getattr(cls, "RENAMED_KEYS", {}).get(k)
-    if new is None:
-        return k
+def _moved(cls: type, data: dict, prefix: str, source: str) -> dict:
+    """``data`` with every key that ``cls.RENAMED_KEYS`` lists moved to its new (possibly dotted) place, each with a
+    warning naming the new key."""
+    renamed = getattr(cls, "RENAMED_KEYS", {})
+    old_keys = [k for k in data if k in renamed]
+    if not old_keys:
+        return data
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items() if k not in old_keys}
     where = f"{prefix}." if prefix else ""
-    warnings.warn(f"{source}: '{where}{k}' is deprecated; write '{where}{new}' (same meaning)", FutureWarning,
-                  stacklevel=3)
-    return new
+    for old in old_keys:
+        *parents, leaf = renamed[old].split(".")
+        warnings.warn(f"{source}: '{where}{old}' is deprecated; write '{where}{renamed[old]}' (same meaning)",
+                      FutureWarning, stacklevel=4)
+        node = out
+        for part in parents:
+            node[part] = dict(node.get(part) or {})
+            node = node[part]
+        if leaf in node:
+            raise ConfigError(f"{source}: '{where}{renamed[old]}' is given twice (once under its deprecated name)")
+        node[leaf] = data[old]
+    return out
+
+
+def _current_key(cfg: Any, key: str) -> str:
+    """``key`` (dotted) with every renamed part replaced by its new name (with a warning), walking ``cfg``."""
+    parts, section = [], cfg
+    for part in key.split("."):
+        new = getattr(type(section), "RENAMED_KEYS", {}).get(part)
+        if new is not None:
+            warnings.warn(f"--set: '{'.'.join([*parts, part])}' is deprecated; write "
+                          f"'{'.'.join([*parts, new])}' (same meaning)", FutureWarning, stacklevel=3)
+        for name in (new or part).split("."):
+            parts.append(name)
+            section = getattr(section, name, None)
+    return ".".join(parts)
 
 
 def _build(cls: type[T], data: dict, prefix: str, source: str) -> T:
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
-    for k, v in data.items():
-        k = _current_key(cls, k, prefix, source)
+    for k, v in _moved(cls, data, prefix, source).items():
         key = f"{prefix}.{k}" if prefix else str(k)
-        if k in kwargs:
-            raise ConfigError(f"{source}: '{key}' is given twice (once under its deprecated name)")
         if k not in names:
             known = ", ".join(sorted(names))
             raise ConfigError(f"{source}: unknown key '{key}' (known keys here: {known})")
@@ -216,19 +240,28 @@ def apply_overrides(cfg: T, overrides: list[str], source: str = "<config>") -> T
     tree = to_dict(cfg)
     for text in overrides:
         key, value = parse_override(text)
+        key = _current_key(cfg, key)
         *parents, leaf = key.split(".")
         node: Any = tree
-        section: Any = cfg
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
-            section = getattr(section, part, None)
-        leaf = _current_key(type(section), leaf, ".".join(parents), "--set")
-        key = ".".join([*parents, leaf])
         if not isinstance(node, dict) or leaf not in node:
             raise ConfigError(f"--set {text}: unknown key '{key}'")
         node[leaf] = value
     label = f"{source} with --set {' '.join(overrides)}"
     return _build(type(cfg), tree, "", label)
+
+
+def recipe_file(folder: str, name: str | Path) -> Path:
+    """A recipe given by path, or by name (``ucf101`` or ``ucf101.yaml``): ``configs/<folder>/`` of this checkout."""
+    path = Path(name)
+    if not path.is_file() and path.parent == Path("."):
+        path = CONFIGS_DIR / folder / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIGS_DIR / folder).glob("*.yaml"))
+        raise FileNotFoundError(f"no recipe {path}" + (f" (recipes here: {', '.join(known)})" if known else
+                                "; run from a checkout of xkd (pip install -e .) or give a YAML file"))
+    return path
 
 
 def to_dict(cfg: Any) -> Any:
@@ -260,4 +293,5 @@ __all__ = [
     "to_dict",
     "from_dict",
     "parse_override",
+    "recipe_file",
 ]

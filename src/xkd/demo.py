@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 
 from xkd.config import PretrainConfig, load_config
+from xkd.config_io import recipe_file
 from xkd.datasets.avdigits import default_dir
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "pretrain"
 
 
 @dataclass
@@ -46,10 +45,7 @@ class DemoPlan:
 
 def cpu_recipe(name: str, overrides: list[str]) -> PretrainConfig:
     """One of the ``configs/pretrain`` recipes of this checkout, with ``--set``-style overrides."""
-    path = CONFIG_DIR / name
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run this from a checkout of xkd (pip install -e .)")
-    return load_config(PretrainConfig, path, overrides)
+    return load_config(PretrainConfig, recipe_file("pretrain", name), overrides)
 
 
 def _config(name: str, manifest: Path, plan: DemoPlan) -> PretrainConfig:

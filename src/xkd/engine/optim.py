@@ -72,6 +72,38 @@ def param_groups(
     return [{**buckets[key], "apply_decay": key[0], "clip": key[1]} for key in order if key in buckets]
 
 
+def layer_decay_groups(
+    model: nn.Module, base_lr: float, weight_decay: float, layer_decay: float
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups of a model built on ``model.encoder`` (a ViT), with BEiT layer-wise learning-rate decay.
+
+    Layer ids: tokenizer, ``cls_token`` and ``pos_embed`` 0; block i -> i + 1; the rest (final norm, head) the top
+    layer L + 1, for L blocks. A group's ``lr_scale`` is ``layer_decay ** (L + 1 - layer_id)`` and its ``lr`` is
+    ``base_lr * lr_scale``. Biases, 1-D parameters, ``cls_token`` and ``pos_embed`` get no weight decay.
+    Each group holds ``params``, ``param_names``, ``layer_id``, ``lr_scale``, ``lr``, ``weight_decay`` and
+    ``apply_decay``; groups are ordered by (layer, decay).
+    """
+    encoder = model.encoder
+    depth = len(encoder.blocks.blocks)
+    layer_of = {id(p): i + 1 for i, block in enumerate(encoder.blocks.blocks) for p in block.parameters()}
+    layer_of.update({id(p): 0 for p in (*encoder.tokenizer.parameters(), encoder.cls_token, encoder.pos_embed)})
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = layer_of.get(id(p), depth + 1)
+        decay = not (p.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in EMBEDDING_PARAMS)
+        if (layer, decay) not in groups:
+            scale = layer_decay ** (depth + 1 - layer)
+            groups[layer, decay] = {
+                "params": [], "param_names": [], "layer_id": layer, "lr_scale": scale, "lr": base_lr * scale,
+                "weight_decay": weight_decay if decay else 0.0, "apply_decay": decay,
+            }
+        groups[layer, decay]["params"].append(p)
+        groups[layer, decay]["param_names"].append(name)
+    return [groups[key] for key in sorted(groups)]
+
+
 def build_optimizer(
     groups: list[dict[str, Any]], lr: float, betas: tuple[float, float], weight_decay: float
 ) -> torch.optim.AdamW:

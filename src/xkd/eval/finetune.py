@@ -15,12 +15,12 @@ clips x ``test_crops`` crops per video (video: the short side is scaled to the c
 crops), class probabilities (softmax, or sigmoid for multi-label) averaged per video. ``val_fraction=0`` tests the
 last epoch.
 
-Training. AdamW with BEiT layer-wise lr decay (:func:`layer_decay_groups`); per-iteration linear warm-up from
-``warmup_start_lr`` then cosine to ``min_lr`` (``min_lr == lr`` gives the fixed FSD50K rate); constant weight decay;
-soft-target cross-entropy with label smoothing and mixup / cutmix (:mod:`xkd.eval.mixup`), or binary cross-entropy
-and mAP with ``multilabel``. Train views: video RRC (area ``crop_scale``, aspect ``crop_ratio``), flip, normalise,
-random erasing; audio gain ``1 -+ gain_jitter``, log-mel, BYOL-A random resize crop, time warp, frequency and time
-masks. Clips are decoded with the short side at ``max(data_cfg.resize_short, crop_size)`` so crops never upsample.
+Training. AdamW with BEiT layer-wise lr decay (:func:`xkd.engine.optim.layer_decay_groups`); per-iteration linear
+warm-up from ``warmup_start_lr`` then cosine to ``min_lr`` (``min_lr == lr`` gives the fixed FSD50K rate); constant
+weight decay; soft-target cross-entropy with label smoothing and mixup / cutmix (:mod:`xkd.eval.mixup`), or binary
+cross-entropy and mAP with ``multilabel``. The views are in :mod:`xkd.data.finetune_views`; clips are decoded with the
+short side at ``max(data_cfg.resize_short, crop size)`` so crops never upsample. The recipe is a
+:class:`xkd.config.FinetuneConfig`, the paper's are ``configs/finetune/*.yaml`` (:func:`finetune_recipe`).
 
 Deviations from the released recipe (spec §A10), on purpose:
 
@@ -42,7 +42,7 @@ import json
 import logging
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,14 +56,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
-from xkd.config import AudioViewConfig, DataConfig, VideoViewConfig
-from xkd.data.audio_views import AudioView, EvalAudioView
+from xkd.config import DataConfig, FinetuneConfig
+from xkd.config_io import load_config, recipe_file, to_dict
 from xkd.data.dataset import BadMediaReport, ClipDataset, collate_clips
+from xkd.data.finetune_views import AudioTrainView, TestView, VideoTrainView
 from xkd.data.logmel import LogMel
 from xkd.data.manifest import Manifest
-from xkd.data.video_views import EvalVideoView, VideoView
 from xkd.data.workers import init_worker
-from xkd.engine.weights import FINETUNE_FORMAT, FINETUNED_FILE, save_weights, weights_metadata
 from xkd.engine.distributed import (
     all_reduce_mean,
     barrier,
@@ -73,8 +72,9 @@ from xkd.engine.distributed import (
     init_distributed,
     is_dist,
 )
-from xkd.engine.optim import EMBEDDING_PARAMS, amp_context, build_optimizer, make_grad_scaler, resolve_amp
+from xkd.engine.optim import amp_context, build_optimizer, layer_decay_groups, make_grad_scaler, resolve_amp
 from xkd.engine.schedules import cosine_schedule
+from xkd.engine.weights import FINETUNE_FORMAT, FINETUNED_FILE, save_weights, weights_metadata
 from xkd.eval.features import FeatureSet, group_mean, split_by_video
 from xkd.eval.metrics import evaluate_clip_scores
 from xkd.eval.mixup import mixup_cutmix
@@ -83,101 +83,14 @@ from xkd.models.encoder import Encoder, pooled
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class FinetuneConfig:
-    """One fine-tuning recipe. The defaults are the UCF101 / Kinetics-400 video recipe of spec §A10, except
-    ``crop_size`` (None = the encoder's configured frame size; the paper fine-tunes video at 224, see
-    :func:`finetune_recipe`)."""
-
-    # optimisation
-    epochs: int = 100
-    batch_size: int = 24  # per process and micro-step
-    accum_steps: int = 1  # micro-batches per optimiser step
-    lr: float = 5e-4
-    min_lr: float = 1e-6  # the cosine ends here; min_lr == lr keeps the rate fixed after warm-up
-    warmup_epochs: int = 5
-    warmup_start_lr: float = 0.0
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    layer_decay: float = 0.45  # BEiT layer-wise lr decay (1 = off)
-    # targets and head
-    label_smoothing: float = 0.1
-    mixup: float = 0.6  # Beta alpha; 0 = off
-    cutmix: float = 0.5  # Beta alpha; 0 = off
-    mixup_prob: float = 1.0  # probability that a batch is mixed at all
-    switch_prob: float = 0.5  # probability of cutmix rather than mixup when both are on
-    dropout: float = 0.5  # before the linear head
-    l2_normalize_features: bool = False  # ESC-50: L2-normalise the pooled features, then dropout
-    multilabel: bool = False  # FSD50K: binary cross-entropy and mAP
-    # video train view
-    crop_size: int | None = None
-    crop_scale: tuple[float, float] = (0.2, 0.766)  # RRC area fraction
-    crop_ratio: tuple[float, float] = (0.75, 1.333)  # RRC aspect ratio w / h
-    p_flip: float = 0.5
-    random_erase: float = 0.25  # probability of erasing one box (all frames alike)
-    # audio train view
-    gain_jitter: float = 0.2  # waveform gain ~U(1 - g, 1 + g)
-    audio_resize_crop: bool = True  # BYOL-A random resize crop of the log-mel
-    time_warp: int = 20  # SpecAugment time-warp window in frames; 0 = off
-    freq_masks: int = 2
-    freq_mask_width: int = 10  # each mask covers U{0..width} mel bins
-    time_masks: int = 2
-    time_mask_width: int = 20  # each mask covers U{0..width} frames
-    # evaluation
-    test_clips: int = 3
-    test_crops: int = 3  # video only: 1 (centre) or 3 (left / centre / right)
-    val_clips: int = 1
-    val_fraction: float = 0.1  # of the training rows; 0 = no val split, the last epoch is tested
-    # run
-    amp: Literal["none", "bf16", "fp16"] = "none"  # falls back to fp32 where the device is not fast in it
-    force_amp: bool = False  # keep amp even where a probe finds it slower than fp32
-    seed: int = 0
-    num_workers: int = 2
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-    def __post_init__(self) -> None:
-        positive = ("epochs", "batch_size", "accum_steps", "test_clips", "val_clips")
-        bad = [name for name in positive if getattr(self, name) < 1]
-        if bad:
-            raise ValueError(f"{', '.join(bad)} must be >= 1")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs}")
-        if self.test_crops not in (1, 3):
-            raise ValueError(f"test_crops must be 1 or 3, got {self.test_crops}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if self.crop_size is not None and self.crop_size < 1:
-            raise ValueError(f"crop_size must be positive or None, got {self.crop_size}")
-
-
-_VIDEO_RECIPE = FinetuneConfig(crop_size=224)
-_ESC50_RECIPE = FinetuneConfig(
-    epochs=100, batch_size=64, lr=1e-4, warmup_epochs=10, weight_decay=0.005, layer_decay=0.65, label_smoothing=0.0,
-    mixup=0.0, cutmix=0.0, l2_normalize_features=True, test_crops=1,
-)
-FINETUNE_RECIPES = {
-    "ucf101": _VIDEO_RECIPE,
-    "k400": _VIDEO_RECIPE,
-    "hmdb51": replace(_VIDEO_RECIPE, lr=1e-4, warmup_epochs=20, layer_decay=0.75, mixup=1.0, cutmix=1.0),
-    "esc50": _ESC50_RECIPE,
-    "fsd50k": replace(
-        _ESC50_RECIPE, epochs=30, batch_size=128, min_lr=1e-4, warmup_epochs=5, warmup_start_lr=1e-6,
-        weight_decay=1e-5, dropout=0.3, l2_normalize_features=False, multilabel=True, test_clips=8,
-    ),
-}
-
-
-def finetune_recipe(name: str, **overrides: Any) -> FinetuneConfig:
-    """The spec §A10 recipe ``name`` (``ucf101``, ``hmdb51``, ``k400``, ``esc50``, ``fsd50k``) with ``overrides``."""
-    if name not in FINETUNE_RECIPES:
-        raise ValueError(f"unknown fine-tuning recipe {name!r}; choose one of {sorted(FINETUNE_RECIPES)}")
-    return replace(FINETUNE_RECIPES[name], **overrides)
+def finetune_recipe(name: str | Path, overrides: Sequence[str] = ()) -> FinetuneConfig:
+    """A fine-tuning recipe: ``configs/finetune/<name>.yaml`` (``ucf101``, ``hmdb51``, ``k400``, ``esc50``,
+    ``fsd50k``; spec §A10) or a YAML file, with ``KEY=VALUE`` overrides."""
+    return load_config(FinetuneConfig, recipe_file("finetune", name), list(overrides))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# model, parameter groups, loss
+# model, loss
 
 
 class Classifier(nn.Module):
@@ -205,38 +118,6 @@ class Classifier(nn.Module):
         return self.head(self.dropout(features))
 
 
-def layer_decay_groups(
-    classifier: Classifier, base_lr: float, weight_decay: float, layer_decay: float
-) -> list[dict[str, Any]]:
-    """AdamW parameter groups with BEiT layer-wise learning-rate decay.
-
-    Layer ids: tokenizer, ``cls_token`` and ``pos_embed`` 0; block i -> i + 1; the rest (final norm, head) the top
-    layer L + 1, for L blocks. A group's ``lr_scale`` is ``layer_decay ** (L + 1 - layer_id)`` and its ``lr`` is
-    ``base_lr * lr_scale``. Biases, 1-D parameters, ``cls_token`` and ``pos_embed`` get no weight decay.
-    Each group holds ``params``, ``param_names``, ``layer_id``, ``lr_scale``, ``lr``, ``weight_decay`` and
-    ``apply_decay``; groups are ordered by (layer, decay).
-    """
-    encoder = classifier.encoder
-    depth = len(encoder.blocks.blocks)
-    layer_of = {id(p): i + 1 for i, block in enumerate(encoder.blocks.blocks) for p in block.parameters()}
-    layer_of.update({id(p): 0 for p in (*encoder.tokenizer.parameters(), encoder.cls_token, encoder.pos_embed)})
-    groups: dict[tuple[int, bool], dict[str, Any]] = {}
-    for name, p in classifier.named_parameters():
-        if not p.requires_grad:
-            continue
-        layer = layer_of.get(id(p), depth + 1)
-        decay = not (p.ndim <= 1 or name.endswith(".bias") or name.rsplit(".", 1)[-1] in EMBEDDING_PARAMS)
-        if (layer, decay) not in groups:
-            scale = layer_decay ** (depth + 1 - layer)
-            groups[layer, decay] = {
-                "params": [], "param_names": [], "layer_id": layer, "lr_scale": scale, "lr": base_lr * scale,
-                "weight_decay": weight_decay if decay else 0.0, "apply_decay": decay,
-            }
-        groups[layer, decay]["params"].append(p)
-        groups[layer, decay]["param_names"].append(name)
-    return [groups[key] for key in sorted(groups)]
-
-
 def soft_target_loss(logits: Tensor, targets: Tensor, multilabel: bool = False) -> Tensor:
     """Mean loss over the batch. logits, targets: [B, C] (soft targets from :func:`~xkd.eval.mixup.mixup_cutmix`).
 
@@ -245,122 +126,6 @@ def soft_target_loss(logits: Tensor, targets: Tensor, multilabel: bool = False) 
     if multilabel:
         return F.binary_cross_entropy_with_logits(logits, targets)
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# views
-
-
-def _randint(low: int, high: int, generator: torch.Generator) -> int:
-    """An integer in [low, high], both ends included."""
-    return int(torch.randint(low, high + 1, (), generator=generator).item())
-
-
-def _uniform(low: float, high: float, generator: torch.Generator) -> float:
-    return low + (high - low) * torch.rand((), generator=generator).item()
-
-
-def random_erasing(
-    video: Tensor,
-    p: float,
-    generator: torch.Generator,
-    area: tuple[float, float] = (0.02, 1 / 3),
-    ratio: tuple[float, float] = (0.3, 3.3),
-) -> Tensor:
-    """With probability ``p``, fill one box with N(0, 1) noise in every frame (timm's ``RandomErasing``, mode
-    "pixel", on normalised clips). video: [C, T, H, W]; the box has area ~U(area) of a frame and log-uniform aspect
-    h / w in ``ratio`` (10 tries, else nothing is erased). Returns a new tensor when erasing."""
-    if torch.rand((), generator=generator).item() >= p:
-        return video
-    c, t, height, width = video.shape
-    for _ in range(10):
-        target = height * width * _uniform(*area, generator)
-        aspect = math.exp(_uniform(math.log(ratio[0]), math.log(ratio[1]), generator))
-        h, w = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < h < height and 0 < w < width:
-            top, left = _randint(0, height - h, generator), _randint(0, width - w, generator)
-            out = video.clone()
-            out[..., top : top + h, left : left + w] = torch.randn((c, t, h, w), generator=generator)
-            return out
-    return video
-
-
-def time_warp(spec: Tensor, window: int, generator: torch.Generator) -> Tensor:
-    """SpecAugment time warp. spec: [C, F, T] -> [C, F, T]: a point ``c ~ U{window..T-1-window}`` moves to
-    ``c + U{-window..window}``; the frames on each side are stretched linearly to fill their new span. Unchanged when
-    ``window == 0`` or the spectrogram has at most ``2 * window + 1`` frames."""
-    n_time = spec.shape[-1]
-    if window <= 0 or n_time <= 2 * window + 1:
-        return spec
-    centre = _randint(window, n_time - 1 - window, generator)
-    target = min(max(centre + _randint(-window, window, generator), 1), n_time - 1)
-    n_freq = spec.shape[-2]
-    left = F.interpolate(spec[None, ..., :centre], size=(n_freq, target), mode="bilinear", align_corners=False)
-    right = F.interpolate(spec[None, ..., centre:], size=(n_freq, n_time - target), mode="bilinear",
-                          align_corners=False)
-    return torch.cat([left, right], dim=-1)[0]
-
-
-def mask_bands(spec: Tensor, axis: int, count: int, max_width: int, generator: torch.Generator) -> Tensor:
-    """SpecAugment masks: ``count`` bands of U{0..max_width} bins along ``axis`` (-2 frequency, -1 time), each at a
-    uniform position, set to 0 (the mean of a normalised log-mel). spec: [C, F, T] -> a new [C, F, T]."""
-    out = spec.clone()
-    size = spec.shape[axis]
-    for _ in range(count):
-        width = _randint(0, min(max_width, size), generator)
-        start = _randint(0, size - width, generator)
-        out.narrow(axis, start, width).zero_()
-    return out
-
-
-class VideoTrainView:
-    """``view(clip, generator) -> {"x": [3, T, S, S]}``: RRC -> flip -> normalise -> random erasing (no jitter)."""
-
-    def __init__(self, cfg: FinetuneConfig, crop_size: int, mean, std):
-        view_cfg = VideoViewConfig(crop_size=crop_size, crop_scale=cfg.crop_scale, crop_ratio=cfg.crop_ratio,
-                                   p_flip=cfg.p_flip, p_color=0.0)
-        self.view = VideoView(view_cfg, mean, std)
-        self.random_erase = cfg.random_erase
-
-    def __call__(self, clip: Any, generator: torch.Generator) -> dict[str, Tensor]:
-        return {"x": random_erasing(self.view(clip.video, generator), self.random_erase, generator)}
-
-
-class AudioTrainView:
-    """``view(clip, generator) -> {"x": [1, F, T]}``: gain -> log-mel -> random resize crop -> time warp ->
-    frequency masks -> time masks."""
-
-    def __init__(self, cfg: FinetuneConfig, logmel: LogMel, sample_rate: int):
-        view_cfg = AudioViewConfig(duration=None, gain=(1.0 - cfg.gain_jitter, 1.0 + cfg.gain_jitter),
-                                   random_resize_crop=cfg.audio_resize_crop)
-        self.view = AudioView(view_cfg, logmel, sample_rate)
-        self.cfg = cfg
-
-    def __call__(self, clip: Any, generator: torch.Generator) -> dict[str, Tensor]:
-        cfg = self.cfg
-        x = time_warp(self.view(clip.audio, generator), cfg.time_warp, generator)
-        x = mask_bands(x, -2, cfg.freq_masks, cfg.freq_mask_width, generator)
-        return {"x": mask_bands(x, -1, cfg.time_masks, cfg.time_mask_width, generator)}
-
-
-class TestView:
-    """Deterministic evaluation views of one clip: ``view(clip, generator=None) -> {"x": [V, ...]}``.
-
-    Video: the short side scaled to ``crop_size``, then V = 1 centre crop or V = 3 left / centre / right crops,
-    each [3, T, S, S]. Audio: V = 1 log-mel [1, F, T] of the whole window.
-    """
-
-    def __init__(self, modality: str, crops: int, crop_size: int | None, mean, std, logmel: LogMel | None):
-        self.modality = modality
-        self.crops = crops
-        if modality == "video":
-            self.view = EvalVideoView(crop_size, mean, std, short_side=crop_size, three_crop=crops == 3)
-        else:
-            self.view = EvalAudioView(logmel)
-
-    def __call__(self, clip: Any, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        x = self.view(clip.video if self.modality == "video" else clip.audio)
-        return {"x": x if self.crops == 3 else x.unsqueeze(0)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -521,7 +286,7 @@ def _finetune(encoder, train, test, label_column, modality, cfg, data_cfg, out_d
     crop = None
     if modality == "video":
         patch = encoder.tokenizer.patch
-        crop = cfg.crop_size if cfg.crop_size is not None else encoder.tokenizer.grid[1] * patch[1]
+        crop = cfg.video_view.crop_size or encoder.tokenizer.grid[1] * patch[1]
         if crop % patch[1] or crop % patch[2]:
             raise ValueError(f"crop_size {crop} is not a multiple of the encoder's patch {patch[1:]}")
     logmel = LogMel(data_cfg.logmel)
@@ -645,7 +410,7 @@ def _finetune(encoder, train, test, label_column, modality, cfg, data_cfg, out_d
         all_bad.replacements += replacements
     weights = None
     if out_dir is not None and info.is_main:
-        meta = weights_metadata(FINETUNE_FORMAT, asdict(cfg), modality=modality, label_column=label_column,
+        meta = weights_metadata(FINETUNE_FORMAT, to_dict(cfg), modality=modality, label_column=label_column,
                                 classes=json.dumps(classes), chosen_epoch=str(chosen_epoch))
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         weights = save_weights(Path(out_dir) / FINETUNED_FILE, {"classifier": classifier.state_dict()}, meta)

@@ -188,7 +188,7 @@ def finetune_tasks(encoders: Encoders, tasks: list[Task], cfg, out_dir: str | Pa
                    progress: bool = True) -> dict[str, dict]:
     """``{task name: run_folds result}`` of end-to-end fine-tuning (xkd.eval.finetune) on every fold.
 
-    cfg: a :class:`xkd.eval.finetune.FinetuneConfig`. Audio+video tasks are not fine-tuned (one encoder at a time).
+    cfg: a :class:`xkd.config.FinetuneConfig`. Audio+video tasks are not fine-tuned (one encoder at a time).
     """
     from xkd.eval.finetune import finetune
 
