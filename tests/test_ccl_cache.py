@@ -11,13 +11,12 @@ from xkd.ccl.clip_cache import (
     ClipCache,
     TeacherBank,
     clip_key,
-    decoded_clips,
     standardization,
     teacher_features,
     window_keys,
 )
 from xkd.ccl.config import CCLDataConfig, TeacherConfig
-from xkd.ccl.data import clip_windows
+from xkd.ccl.data import clip_windows, predecode_windows, window_dataset
 from xkd.ccl.teachers import ModuleTeacher
 from xkd.data.manifest import Manifest, ManifestRow
 from xkd.data.media import decode_clip
@@ -100,11 +99,15 @@ def test_teacher_bank_pools_steps_and_marks_missing_audio(clips, tmp_path):
     assert any(torch.equal(x[0], step) for step in bank.sequences[0])
 
 
-def test_image_features_and_decoded_frames_are_cached_per_frame(clips, tmp_path):
+def test_image_features_are_cached_per_frame_and_predecoded_windows_equal_decoding(clips, tmp_path):
     _, manifest, cfg = clips
     w = clip_windows(manifest, cfg.clip_duration, "label", ["x", "y"])
-    frames = decoded_clips(w, cfg, tmp_path, progress=False)
+    folder = predecode_windows(w, cfg, tmp_path, progress=False)
+    cached, direct = window_dataset(w, cfg, decoded_cache=folder), window_dataset(w, cfg)
+    frames = [cached[i]["video"] for i in range(len(w))]
     assert frames[0].dtype == torch.uint8 and frames[0].shape == (4, 16, 16, 3)
+    assert all(torch.equal(frames[i], direct[i]["video"]) for i in range(len(w)))
+    assert predecode_windows(w, cfg, tmp_path, progress=False) == folder  # made once, then reused
     plain = TeacherConfig(mean=(0.0,), std=(1.0,))
     teacher = ModuleTeacher("colour", Colour(), plain, "image", "v1", torch.zeros(1, 3, 8, 8))
     feats = teacher_features(teacher, w, cfg, tmp_path, progress=False)

@@ -25,9 +25,9 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 import xkd.ccl.train as ccl_train
-from xkd.ccl.clip_cache import decoded_clips, teacher_features
+from xkd.ccl.clip_cache import teacher_features
 from xkd.ccl.config import CCLConfig
-from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split
+from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split, predecode_windows, window_dataset
 from xkd.ccl.method import CCL
 from xkd.ccl.packaged import MnistCNNTeacher
 from xkd.ccl.teacher_kinds import build_teacher
@@ -46,15 +46,16 @@ def _image_inputs(cfg: CCLConfig, split: str, names: list[str], seed: int) -> di
     """One random frame per video: {"augmented": the training view's frame, "clean": the same frame undecorated}, each
     ([V, 3, H, W] in [0, 1], labels [V])."""
     windows = clip_windows(load_split(cfg.data, split), cfg.data.clip_duration, cfg.data.label_column, names)
-    memory = decoded_clips(windows, cfg.data, ccl_train.cache_root(cfg), progress=False)
-    clips = TrainClips(windows, cfg.data, seed, memory)
+    decoded = predecode_windows(windows, cfg.data, ccl_train.cache_root(cfg), progress=False)
+    clips = TrainClips(windows, cfg.data, seed, decoded)
+    frames = window_dataset(windows, cfg.data, decoded_cache=decoded)  # the raw uint8 windows
     generator = torch.Generator().manual_seed(seed)
     augmented, clean, labels = [], [], []
     for v in tqdm(range(len(clips)), desc=f"frames {split}", unit="video"):
         item = clips[v]
         t = int(torch.randint(item["video"].shape[1], (), generator=generator))
         augmented.append(item["video"][:, t])
-        clean.append(memory[item["index"]][t].permute(2, 0, 1).float() / 255)
+        clean.append(frames[item["index"]]["video"][t].permute(2, 0, 1).float() / 255)
         labels.append(int(windows.labels[item["index"]]))
     y = np.array(labels)
     return {"augmented": (torch.stack(augmented), y), "clean": (torch.stack(clean), y)}

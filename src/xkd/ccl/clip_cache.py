@@ -1,13 +1,13 @@
-"""Per-clip tensors computed once and kept on disk, keyed by (file, clip window): teacher features (CCL precomputes
-its audio teacher offline, spec §B2) and, for ``data.preload``, the decoded frames.
+"""Teacher features computed once per clip and kept on disk, keyed by (file, clip window): CCL precomputes its audio
+teacher offline (spec §B2); this cache does it for every teacher. (Decoded frames have their own cache,
+:mod:`xkd.data.decoded`.)
 
-A cache root holds one folder per producer: a teacher's :attr:`~xkd.ccl.teachers.Teacher.fingerprint` (weights
-digest + preprocessing), so a changed teacher never reads stale features, or ``decoded-<hash>`` for frames decoded
-with given settings. Inside, ``shard-*.safetensors`` files (written atomically with
-:func:`xkd.engine.weights.save_weights`) map a clip key to its tensor: ``[T, D]`` for an image teacher (every frame
-of the clip), ``[N, D]`` for an audio teacher (its time steps; ``[0, D]`` when the file has no audio track), uint8
-``[T, H, W, 3]`` for decoded frames. The key hashes the resolved path, the file's size and modification time and the
-window, so an edited file is recomputed.
+A cache root holds one folder per teacher, named by its :attr:`~xkd.ccl.teachers.Teacher.fingerprint` (weights
+digest + preprocessing), so a changed teacher never reads stale features. Inside, ``shard-*.safetensors`` files
+(written atomically with :func:`xkd.engine.weights.save_weights`) map a clip key to its tensor: ``[T, D]`` for an image
+teacher (every frame of the clip), ``[N, D]`` for an audio teacher (its time steps; ``[0, D]`` when the file has no
+audio track). The key hashes the resolved path, the file's size and modification time and the window, so an edited
+file is recomputed.
 """
 
 from __future__ import annotations
@@ -110,20 +110,6 @@ def _fill(cache: ClipCache, windows: Windows, keys: list[str], dataset_for, comp
             pending = 0
     bar.close()
     cache.flush()
-
-
-def decoded_clips(windows: Windows, cfg: CCLDataConfig, root: str | Path, progress: bool = True) -> list[Tensor]:
-    """Every window's frames, uint8 [T, H, W, 3] as decoded at ``cfg.resize_short``, in window order; decoded once
-    per machine and read back from the cache under ``root`` afterwards."""
-    settings = f"{cfg.video_fps}|{cfg.resize_short}|{cfg.num_frames}"
-    cache = ClipCache(root, f"decoded-{hashlib.sha1(settings.encode()).hexdigest()[:16]}")
-    keys = window_keys(windows)
-
-    def batches(subset: Windows):
-        return iterate_windows(window_dataset(subset, cfg), cfg.eval_batch_size, cfg.num_workers)
-
-    _fill(cache, windows, keys, batches, lambda batch: batch["video"], "decoding", progress)
-    return [cache.get(k) for k in keys]
 
 
 def teacher_features(teacher: Teacher, windows: Windows, cfg: CCLDataConfig, root: str | Path,

@@ -40,7 +40,7 @@ class CCLDataConfig:
     batch_size: int = 16
     eval_batch_size: int = 32
     num_workers: int = 2
-    preload: bool = False  # keep every decoded window in RAM (uint8), decoded once into run.cache_dir
+    preload: bool = False  # decode every window once into run.cache_dir (xkd.data.decoded) and read it from there
 
     @property
     def clip_duration(self) -> float:
@@ -114,7 +114,7 @@ class CCLRunConfig:
     threads: int = 0  # torch CPU threads (0 = torch's default)
     eval_every: int = 1  # epochs between validations
     log_every: int = 20  # steps between metric rows
-    cache_dir: str = ""  # teacher features (and preloaded frames); empty = ~/.cache/xkd/ccl
+    cache_dir: str = ""  # teacher features (and predecoded windows); empty = ~/.cache/xkd/ccl
     retrieval: bool = True  # also report test -> train retrieval R@k with the selected checkpoint
     keep_checkpoints: int = 1
 

@@ -5,24 +5,27 @@ evaluation uses every window and averages their softmax per video. Fixing the wi
 (file, window) pair, which is what the teacher-feature cache is keyed by.
 
 The windows of a split are a :class:`~xkd.data.manifest.Manifest` with one row per window (its ``start`` / ``end``
-set to the window), decoded by :class:`~xkd.data.dataset.ClipDataset`; with ``preload`` the datasets read decoded
-uint8 windows from memory instead (:func:`xkd.ccl.clip_cache.decoded_clips`: small sets on a CPU, where decoding
-would cost more than the network).
+set to the window), decoded by :class:`~xkd.data.dataset.ClipDataset`; with ``preload`` every window is decoded once
+into a cache of :mod:`xkd.data.decoded` (the one ``xkd data predecode`` makes; :func:`predecode_windows`) and the
+datasets read the arrays from it instead: small sets on a CPU, where decoding would cost more than the network.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from xkd.ccl.config import CCLDataConfig
 from xkd.data.dataset import ClipDataset, collate_clips
+from xkd.data.decoded import Decoding, predecode
 from xkd.data.manifest import Manifest, read_manifest
 from xkd.data.media import probe
 from xkd.data.video_views import EvalVideoView, VideoView
@@ -117,11 +120,22 @@ def clip_windows(videos: Manifest, duration: float, label_column: str, names: li
 
 
 def window_dataset(windows: Windows, cfg: CCLDataConfig, need_video: bool = True, need_audio: bool = False,
-                   sample_rate: int = 16000) -> ClipDataset:
-    """Item ``w`` decodes window ``w`` exactly (raw uint8 video [T, H, W, 3] and/or float audio [S])."""
+                   sample_rate: int = 16000, decoded_cache: Path | None = None) -> ClipDataset:
+    """Item ``w`` decodes window ``w`` exactly (raw uint8 video [T, H, W, 3] and/or float audio [S]), or reads it
+    from ``decoded_cache`` (:func:`predecode_windows`)."""
     return ClipDataset(windows.manifest, windows.duration, cfg.video_fps, cfg.resize_short, sample_rate,
                        need_video=need_video, need_audio=need_audio, missing_audio="silence", bad_media="error",
-                       clips_per_video=1, clip_sampling="uniform")
+                       clips_per_video=1, clip_sampling="uniform", decoded_cache=decoded_cache)
+
+
+def predecode_windows(windows: Windows, cfg: CCLDataConfig, cache_root: str | Path, progress: bool = True) -> Path:
+    """Decode the video of every window once into ``<cache_root>/decoded-<settings hash>`` (rows already there are
+    kept), and return that folder for :func:`window_dataset`'s ``decoded_cache``."""
+    decoding = Decoding(cfg.video_fps, cfg.resize_short, 16000, video=True, audio=False, missing_audio="silence")
+    digest = hashlib.sha1(json.dumps(asdict(decoding), sort_keys=True).encode()).hexdigest()[:16]
+    folder = Path(cache_root) / f"decoded-{digest}"
+    predecode(windows.manifest, folder, decoding, workers=cfg.num_workers, progress=progress)
+    return folder
 
 
 def iterate_windows(dataset: Dataset, batch_size: int, num_workers: int) -> Iterator[dict]:
@@ -136,14 +150,13 @@ class TrainClips(Dataset):
 
     Returns ``video`` float [3, T, S, S] in [0, 1] (the student normalises it) and ``index`` (the window drawn). The
     window and the view are drawn from a generator seeded by (seed, epoch, v), so an item does not depend on the
-    worker that loads it. ``memory`` (from :func:`~xkd.ccl.clip_cache.decoded_clips`) replaces decoding.
+    worker that loads it. ``decoded_cache`` (:func:`predecode_windows`) replaces decoding.
     """
 
-    def __init__(self, windows: Windows, cfg: CCLDataConfig, seed: int, memory: list[Tensor] | None = None):
+    def __init__(self, windows: Windows, cfg: CCLDataConfig, seed: int, decoded_cache: Path | None = None):
         self.windows = windows
         self.by_video = windows.of_video()
-        self.memory = memory
-        self.decoder = None if memory is not None else window_dataset(windows, cfg)
+        self.decoder = window_dataset(windows, cfg, decoded_cache=decoded_cache)
         self.view = VideoView(cfg.train_view, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
         self.seed = seed
         self.epoch = 0
@@ -159,17 +172,15 @@ class TrainClips(Dataset):
         generator = torch.Generator().manual_seed(int(state))
         choices = self.by_video[v]
         w = int(choices[torch.randint(len(choices), (), generator=generator)])
-        video = self.memory[w] if self.memory is not None else self.decoder[w]["video"]
-        return {"video": self.view(video, generator), "index": w}
+        return {"video": self.view(self.decoder[w]["video"], generator), "index": w}
 
 
 class EvalClips(Dataset):
     """Item ``w``: window ``w`` with the test view (resize the short side to the crop size, centre crop), float
     [3, T, S, S] in [0, 1], plus ``index``."""
 
-    def __init__(self, windows: Windows, cfg: CCLDataConfig, memory: list[Tensor] | None = None):
-        self.memory = memory
-        self.decoder = None if memory is not None else window_dataset(windows, cfg)
+    def __init__(self, windows: Windows, cfg: CCLDataConfig, decoded_cache: Path | None = None):
+        self.decoder = window_dataset(windows, cfg, decoded_cache=decoded_cache)
         size = cfg.train_view.crop_size
         self.view = EvalVideoView(size, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), short_side=size)
         self.length = len(windows)
@@ -178,5 +189,4 @@ class EvalClips(Dataset):
         return self.length
 
     def __getitem__(self, w: int) -> dict:
-        video = self.memory[w] if self.memory is not None else self.decoder[w]["video"]
-        return {"video": self.view(video), "index": w}
+        return {"video": self.view(self.decoder[w]["video"]), "index": w}

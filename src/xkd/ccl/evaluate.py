@@ -6,6 +6,8 @@ The checkpoint is chosen on the validation split by :func:`xkd.ccl.train.train_c
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import nn
@@ -19,14 +21,15 @@ from xkd.eval.retrieval import retrieval_recall
 
 @torch.no_grad()
 def predict(student: nn.Module, windows: Windows, cfg: CCLDataConfig, device: torch.device,
-            memory: list[torch.Tensor] | None = None) -> tuple[FeatureSet, np.ndarray]:
-    """Run the student over every window: (features FeatureSet with x_v [W, D], softmax [W, C]), in window order."""
+            decoded_cache: Path | None = None) -> tuple[FeatureSet, np.ndarray]:
+    """Run the student over every window: (features FeatureSet with x_v [W, D], softmax [W, C]), in window order.
+    ``decoded_cache``: the windows decoded once (:func:`xkd.ccl.data.predecode_windows`)."""
     was_training = student.training
     student.eval()
     feats = np.zeros((len(windows), student.feature_dim), dtype=np.float32)
     probs = np.zeros((len(windows), len(windows.class_names)), dtype=np.float32)
-    for batch in iterate_windows(EvalClips(windows, cfg, memory), cfg.eval_batch_size,
-                                 0 if memory is not None else cfg.num_workers):
+    workers = 0 if decoded_cache is not None else cfg.num_workers  # reading the arrays is cheaper than a worker
+    for batch in iterate_windows(EvalClips(windows, cfg, decoded_cache), cfg.eval_batch_size, workers):
         logits, x_v = student(batch["video"].to(device))
         idx = batch["index"].numpy()
         feats[idx] = x_v.float().cpu().numpy()

@@ -25,9 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from xkd.ccl.config import CCLConfig
-from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split
+from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split, predecode_windows
 from xkd.ccl.evaluate import predict, recognition, retrieval
-from xkd.ccl.clip_cache import TeacherBank, decoded_clips, default_cache_dir, standardization, teacher_features
+from xkd.ccl.clip_cache import TeacherBank, default_cache_dir, standardization, teacher_features
 from xkd.ccl.method import CCL
 from xkd.ccl.r2plus1d import R2Plus1D
 from xkd.ccl.teacher_kinds import build_teacher
@@ -169,9 +169,9 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
     names = class_names(data)
     train_w = clip_windows(load_split(data, data.train_split), data.clip_duration, data.label_column, names)
     val_w = clip_windows(load_split(data, data.val_split), data.clip_duration, data.label_column, names)
-    train_memory = decoded_clips(train_w, data, cache_root(cfg), progress) if data.preload else None
-    val_memory = decoded_clips(val_w, data, cache_root(cfg), progress) if data.preload else None
-    dataset = TrainClips(train_w, data, cfg.run.seed, train_memory)
+    train_cache = predecode_windows(train_w, data, cache_root(cfg), progress) if data.preload else None
+    val_cache = predecode_windows(val_w, data, cache_root(cfg), progress) if data.preload else None
+    dataset = TrainClips(train_w, data, cfg.run.seed, train_cache)
     sampler = StepBatchSampler(len(dataset), data.batch_size, seed=cfg.run.seed)
     train_labels = torch.from_numpy(train_w.labels)
 
@@ -240,7 +240,7 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
         del loader
         last = epoch == cfg.optim.epochs - 1 or step >= total
         if (epoch + 1) % cfg.run.eval_every == 0 or last:
-            feats, probs = predict(model.student, val_w, data, device, val_memory)
+            feats, probs = predict(model.student, val_w, data, device, val_cache)
             val = recognition(feats, probs)
             logger.log(step, {f"val_{k}": v for k, v in val.items()})
             if val["top1"] > best["top1"]:
@@ -259,7 +259,7 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
 
     # ---------------------------------------------------------------- test
     results = evaluate_run(out_dir, cfg.data.test_split, retrieval_gallery=cfg.run.retrieval, progress=progress,
-                           train_memory=train_memory)
+                           train_cache=train_cache)
     results.update(val=best, train_seconds=train_seconds, steps=step, variant=cfg.loss.variant,
                    label_column=data.label_column, seed=cfg.run.seed,
                    teachers={m: t.fingerprint for m, t in teachers.items()})
@@ -269,7 +269,7 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
 
 
 def evaluate_run(run_dir: str | Path, split: str = "test", retrieval_gallery: bool = True, progress: bool = False,
-                 train_memory: list[torch.Tensor] | None = None) -> dict[str, Any]:
+                 train_cache: Path | None = None) -> dict[str, Any]:
     """Score a run's selected checkpoint (``best.safetensors``) on ``split``: recognition, and retrieval of the
     split's videos in the training videos when ``retrieval_gallery``."""
     t0 = time.perf_counter()
@@ -277,14 +277,14 @@ def evaluate_run(run_dir: str | Path, split: str = "test", retrieval_gallery: bo
     student, cfg, names = load_student(run_dir, device)
     data = cfg.data
     windows = clip_windows(load_split(data, split), data.clip_duration, data.label_column, names)
-    memory = decoded_clips(windows, data, cache_root(cfg), progress) if data.preload else None
-    feats, probs = predict(student, windows, data, device, memory)
+    decoded = predecode_windows(windows, data, cache_root(cfg), progress) if data.preload else None
+    feats, probs = predict(student, windows, data, device, decoded)
     results: dict[str, Any] = {"split": split, split: recognition(feats, probs)}
     if retrieval_gallery:
         train_w = clip_windows(load_split(data, data.train_split), data.clip_duration, data.label_column, names)
-        if train_memory is None and data.preload:
-            train_memory = decoded_clips(train_w, data, cache_root(cfg), progress)
-        gallery, _ = predict(student, train_w, data, device, train_memory)
+        if train_cache is None and data.preload:
+            train_cache = predecode_windows(train_w, data, cache_root(cfg), progress)
+        gallery, _ = predict(student, train_w, data, device, train_cache)
         results["retrieval"] = retrieval(feats, gallery)
     results["eval_seconds"] = time.perf_counter() - t0
     if progress:
