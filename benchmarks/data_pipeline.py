@@ -17,7 +17,7 @@ Sources:
 With ``--set data.decoded_cache=FOLDER`` (made by ``xkd data predecode``) the config source's items are sliced from
 pre-decoded arrays; the hd source always decodes its file.
 
-Items are ``build_dataset(cfg)`` items (decode, resize to data.resize_short, PretrainViews), drawn in random order
+Items are ``pretrain_dataset(cfg)`` items (decode, resize to data.resize_short, PretrainViews), drawn in random order
 and batched with ``collate_clips`` as in pretraining. After --warmup batches per worker (the workers' start),
 --batches batches are timed. The files are read from the page cache: disk reads are not measured. With --workers 0
 the items are made in this process with its torch threads (--threads).
@@ -49,9 +49,10 @@ from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
 from xkd.data.dataset import BadMediaReport, ClipDataset, collate_clips
 from xkd.data.manifest import Manifest, ManifestRow, write_manifest
+from xkd.data.views import pretrain_dataset
 from xkd.datasets.media_writer import write_media
 from xkd.engine.distributed import DistInfo
-from xkd.engine.pretrain import Trainer, build_dataset
+from xkd.engine.pretrain import Trainer
 
 HD_SECONDS = 10.0
 HD_FPS = 25.0
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
                 source_cfg.data.decoded_cache = ""
             else:
                 media = manifest = cfg.data.manifest
-            dataset = build_dataset(source_cfg, manifest)
+            dataset = pretrain_dataset(source_cfg, manifest)
             if args.profile:
                 profiles.append({"source": source, **item_cost(dataset, args.items, args.profile, args.seed)})
             for workers in args.workers:

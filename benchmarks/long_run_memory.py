@@ -36,7 +36,8 @@ import numpy as np
 
 from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
-from xkd.engine.pretrain import build_dataset, pretrain
+from xkd.data.views import pretrain_dataset
+from xkd.engine.pretrain import pretrain
 
 DEFAULT_CONFIG = "configs/pretrain/xkd_avdigits_cpu.yaml"
 DEFAULT_DATA = "data/av-digits"
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(PretrainConfig, args.config, overrides)
     # Enough epochs for --steps (the schedules stretch accordingly; memory does not depend on them).
     samples_per_step = cfg.data.batch_size * cfg.optim.accum_steps
-    steps_per_epoch = (cfg.run.epoch_size or len(build_dataset(cfg))) // samples_per_step
+    steps_per_epoch = (cfg.run.epoch_size or len(pretrain_dataset(cfg))) // samples_per_step
     if steps_per_epoch < 1:
         parser.error(f"{manifest} holds fewer clips than one step of {samples_per_step}")
     cfg.optim.epochs = max(cfg.optim.epochs, math.ceil(args.steps / steps_per_epoch))

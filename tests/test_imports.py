@@ -16,7 +16,7 @@ LAYERS = (
     ("losses", ("xkd.losses",)),
     ("models", ("xkd.models",)),
     ("engine", ("xkd.engine",)),
-    ("weights readers", ("xkd.official", "xkd.api")),
+    ("weights readers", ("xkd.official_format", "xkd.official", "xkd.api")),
     ("eval", ("xkd.eval",)),
     ("ccl", ("xkd.ccl",)),
     ("workflows", ("xkd.demo", "xkd.ablations")),

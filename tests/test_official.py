@@ -21,16 +21,8 @@ from xkd.engine.checkpoint import CheckpointError
 from xkd.engine.weights import load_weights
 from xkd.models.encoder import audio_encoder, pooled, video_encoder
 from xkd.models.tokenizers import VideoTokenizer
-from xkd.official import (
-    add_convert_parser,
-    convert_official,
-    detect_official,
-    load_official,
-    official_files,
-    official_model_config,
-    official_to_ours,
-    read_state_dict,
-)
+from xkd.official import add_convert_parser, convert_official, load_official, official_files, read_state_dict
+from xkd.official_format import detect_official, official_model_config, official_to_ours
 
 DIM, DEPTH, HEADS = 64, 2, 4
 VIDEO_SIZE = (8, 32)  # frames, frame side: 2x2x2 tubelets

@@ -12,8 +12,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from xkd.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from xkd.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, PretrainConfig
 from xkd.data.audio_views import AudioView, EvalAudioView, LogMel, svm_train_audio_view
+from xkd.data import logmel as mel_front_end
+from xkd.data.dataset import ClipDataset
+from xkd.data.manifest import read_manifest
 from xkd.data.video_views import EvalVideoView, MildVideoView, VideoView, svm_train_video_config
 
 TRAIN_VIEWS = ("mild", "strong")  # the classifier's training views: EvalViews(train_view=...)
@@ -104,3 +107,30 @@ class EvalViews:
             if x is not None:
                 out[name] = view(x, generator) if self.augment else view(x)
         return out
+
+
+def pretrain_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDataset:
+    """The pretraining dataset: clips of ``data.clip_duration`` s of ``manifest`` (default ``data.manifest``) turned
+    into XKD views (spec §A2)."""
+    d = cfg.data
+    path = manifest or d.manifest
+    if not path:
+        raise ValueError("no manifest: set data.manifest in the config or pass --set data.manifest=PATH")
+    rows = read_manifest(path, root=d.root or None)
+    if d.split:
+        rows = rows.filter(split=d.split)
+        if not len(rows):
+            raise ValueError(f"{path}: no rows of split '{d.split}' (set data.split='' to use every row)")
+    views = PretrainViews(d, mel_front_end.LogMel(d.logmel))
+    return ClipDataset(
+        rows,
+        clip_duration=d.clip_duration,
+        fps=d.video_fps,
+        short_side=d.resize_short,
+        sample_rate=d.logmel.sample_rate,
+        missing_audio=d.missing_audio,
+        bad_media=d.bad_media,
+        transform=views,
+        seed=cfg.run.seed,
+        decoded_cache=d.decoded_cache or None,
+    )

@@ -28,11 +28,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from xkd.config import PretrainConfig, dump_config, to_dict
-from xkd.data.dataset import BadMediaReport, ClipDataset, collate_clips
-from xkd.data.logmel import LogMel
-from xkd.data.manifest import read_manifest
+from xkd.data.dataset import BadMediaReport, collate_clips
 from xkd.data.sampler import StepBatchSampler
-from xkd.data.views import PretrainViews
+from xkd.data.views import pretrain_dataset
 from xkd.data.workers import init_worker, threads_beside_workers
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
@@ -49,32 +47,6 @@ from xkd.models.xkd import XKD
 from xkd.version import __version__
 
 log = logging.getLogger(__name__)
-
-def build_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDataset:
-    """The pretraining dataset: clips of ``data.clip_duration`` s turned into XKD views (spec §A2)."""
-    d = cfg.data
-    path = manifest or d.manifest
-    if not path:
-        raise ValueError("no manifest: set data.manifest in the config or pass --set data.manifest=PATH")
-    rows = read_manifest(path, root=d.root or None)
-    if d.split:
-        rows = rows.filter(split=d.split)
-        if not len(rows):
-            raise ValueError(f"{path}: no rows of split '{d.split}' (set data.split='' to use every row)")
-    views = PretrainViews(d, LogMel(d.logmel))
-    return ClipDataset(
-        rows,
-        clip_duration=d.clip_duration,
-        fps=d.video_fps,
-        short_side=d.resize_short,
-        sample_rate=d.logmel.sample_rate,
-        missing_audio=d.missing_audio,
-        bad_media=d.bad_media,
-        transform=views,
-        seed=cfg.run.seed,
-        decoded_cache=d.decoded_cache or None,
-    )
-
 
 def mask_noise(cfg: PretrainConfig, model: XKD, micro_step: int, batch: int, dist_info: DistInfo) -> tuple:
     """Uniform masking noise of this rank's rows, cut from the global batch's noise for ``micro_step``:
@@ -278,7 +250,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
             stale.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- data
-    dataset = build_dataset(cfg)
+    dataset = pretrain_dataset(cfg)
     sampler = StepBatchSampler(
         len(dataset),
         cfg.data.batch_size,

