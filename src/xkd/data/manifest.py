@@ -18,7 +18,7 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 CORE_COLUMNS = ("path", "label", "split", "fold", "start", "end")
 
@@ -156,6 +156,18 @@ def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
                 )
             )
     return Manifest(rows, path.parent if root is None else root)
+
+
+def row_record(row: ManifestRow) -> dict[str, Any]:
+    """A row as a JSON-ready dict (``path``, ``labels``, ``split``, ``fold``, ``start``, ``end``, ``extra``)."""
+    return {"path": row.path, "labels": list(row.labels), "split": row.split, "fold": row.fold, "start": row.start,
+            "end": row.end, "extra": dict(row.extra)}
+
+
+def row_from_record(record: dict[str, Any]) -> ManifestRow:
+    """The row a :func:`row_record` dict describes."""
+    return ManifestRow(record["path"], tuple(record["labels"]), record["split"], record["fold"], record["start"],
+                       record["end"], dict(record["extra"]))
 
 
 def write_manifest(manifest: Manifest, path: str | Path) -> Path:

@@ -1,5 +1,5 @@
 """``xkd data ...``: build, describe and check datasets (``prepare``, ``check``, ``manifest``, ``logmel-stats``,
-``tokens``, ``predecode``). Registered on the ``xkd`` parser by :func:`add_data_parser`."""
+``tokens``, ``predecode``, ``shard``). Registered on the ``xkd`` parser by :func:`add_data_parser`."""
 
 from __future__ import annotations
 
@@ -85,6 +85,19 @@ def _cmd_predecode(args) -> int:
     bad = ", ".join(f"{reason} {n}" for reason, n in result["bad"].items()) or "none"
     print(f"{result['rows']} files in {args.out} ({result['decoded']} decoded now, {result['reused']} already there; "
           f"bad: {bad}); {cache_size_text(result['bytes'])}. Train from it with --set data.decoded_cache={args.out}")
+    return 0
+
+
+def _cmd_shard(args) -> int:
+    from xkd.data.manifest import read_manifest
+    from xkd.datasets.shards import shard_manifest
+
+    index = shard_manifest(read_manifest(args.manifest), args.out, args.shard_size, args.seed,
+                           progress=not args.no_progress)
+    for bad in index["bad"]:
+        print(f"left out: {bad['path']}: {bad['reason']}")
+    print(f"{index['samples']} of {index['rows']} rows in {len(index['shards'])} shards in {args.out} "
+          f"({len(index['bad'])} left out); index: {Path(args.out) / 'index.json'}")
     return 0
 
 
@@ -194,3 +207,19 @@ def add_data_parser(sub) -> None:
     pre.add_argument("--workers", type=int, default=2, help="decoding processes")
     pre.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     pre.set_defaults(func=_cmd_predecode)
+
+    shard = add_command(
+        dsub,
+        "shard",
+        "write a manifest's media files as WebDataset tar shards (for large corpora)",
+        "Write every media file of a manifest, byte for byte (no re-encoding), with its manifest row as JSON, into\n"
+        "WebDataset tar shards of --shard-size rows, in an order shuffled with --seed, plus index.json (shard names,\n"
+        "sample counts, the manifest's sha256). Files that cannot be read or opened as media are listed with their\n"
+        "reason and left out. Finished shards are kept, so an interrupted run resumes.",
+    )
+    shard.add_argument("manifest", help="manifest CSV")
+    shard.add_argument("--out", required=True, help="shard folder")
+    shard.add_argument("--shard-size", type=int, default=1000, help="rows per shard")
+    shard.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
+    shard.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    shard.set_defaults(func=_cmd_shard)

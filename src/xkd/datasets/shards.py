@@ -1,0 +1,121 @@
+"""Write a manifest's media as WebDataset tar shards (``xkd data shard``): the read pattern of large corpora, where one
+file per sample starves the loader.
+
+Each sample holds the clip's original compressed file, byte for byte (no re-encoding), under its suffix
+(``<key>.mp4``, ``<key>.wav``, ...) and its manifest row as ``<key>.json`` (:func:`xkd.data.manifest.row_record`, plus
+``source``: the file it came from). The key is the row's index in the manifest. Rows are shuffled with ``seed``
+before they are cut into shards of ``shard_size`` rows, so every shard mixes the corpus.
+
+Layout of the output folder::
+
+    shard-000000.tar ...    the shards (member times fixed at 0, so a shard's bytes depend only on its samples)
+    shard-000000.json ...   per shard: samples written and the files left out, with their reasons
+    index.json              {"format", "manifest_sha256", "seed", "shard_size", "rows", "shards": [{"name",
+                            "samples"}], "samples", "bad": [{"row", "path", "reason"}]}
+
+A shard is written to a temporary file and renamed when complete, then its ``.json`` is written: a rerun with the
+same manifest and settings skips every shard that has both, so an interrupted run resumes. A file that cannot be
+read or opened as media (missing, empty, not a media container) is reported and left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import webdataset
+from tqdm import tqdm
+
+from xkd.data.manifest import Manifest, row_record
+from xkd.data.media import MediaError, probe
+
+FORMAT = "xkd-shards-1"
+INDEX_FILE = "index.json"
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """sha256 of the manifest's rows, in order (their records as JSON)."""
+    digest = hashlib.sha256()
+    for row in manifest:
+        digest.update(json.dumps(row_record(row), sort_keys=True).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+def _problem(path: Path) -> str | None:
+    """Why the file cannot be a sample, or None."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty: the file has no bytes"
+        probe(path)
+    except FileNotFoundError:
+        return "missing: no such file"
+    except OSError as err:
+        return f"unreadable: {err}"
+    except MediaError as err:
+        return f"{err.reason}: {err.message}"
+    return None
+
+
+def _write_shard(manifest: Manifest, rows: np.ndarray, path: Path) -> dict[str, Any]:
+    """Write the samples of ``rows`` into the tar ``path`` (atomically); returns the shard's record."""
+    bad, samples = [], 0
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as stream:
+        sink = webdataset.TarWriter(stream, encoder=False, mtime=0)
+        for i in rows.tolist():
+            row = manifest[i]
+            source = manifest.resolve(row)
+            reason = _problem(source)
+            if reason is not None:
+                bad.append({"row": i, "path": row.path, "reason": reason})
+                continue
+            suffix = source.suffix.lower().lstrip(".") or "media"
+            record = {**row_record(row), "source": str(source)}
+            sink.write({"__key__": f"{i:09d}", suffix: source.read_bytes(),
+                        "json": json.dumps(record).encode("utf-8", "surrogateescape")})
+            samples += 1
+        sink.close()
+        stream.flush()
+        os.fsync(stream.fileno())
+    tmp.replace(path)
+    record = {"name": path.name, "samples": samples, "bad": bad}
+    path.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    return record
+
+
+def shard_manifest(manifest: Manifest, out: str | Path, shard_size: int = 1000, seed: int = 0,
+                   progress: bool = True) -> dict[str, Any]:
+    """Write ``manifest`` as shards into ``out`` (see the module docstring) and return the index it writes."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    if len(manifest) == 0:
+        raise ValueError("the manifest has no rows")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {"format": FORMAT, "manifest_sha256": manifest_digest(manifest), "seed": seed,
+                "shard_size": shard_size, "rows": len(manifest)}
+    started = out / ".settings.json"
+    if started.is_file() and json.loads(started.read_text()) != settings:
+        raise ValueError(f"{out} holds shards of another manifest or other settings ({started}); use another folder")
+    started.write_text(json.dumps(settings, indent=1))
+    order = np.random.default_rng(seed).permutation(len(manifest))
+    count = -(-len(manifest) // shard_size)
+    records = []
+    for k in tqdm(range(count), desc="shards", unit="shard", disable=not progress):
+        path = out / shard_name(k)
+        if path.is_file() and path.with_suffix(".json").is_file():
+            records.append(json.loads(path.with_suffix(".json").read_text()))
+            continue
+        records.append(_write_shard(manifest, order[k * shard_size:(k + 1) * shard_size], path))
+    index = {**settings, "shards": [{"name": r["name"], "samples": r["samples"]} for r in records],
+             "samples": sum(r["samples"] for r in records), "bad": [b for r in records for b in r["bad"]]}
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=1))
+    return index
