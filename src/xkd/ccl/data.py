@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from xkd.ccl.config import CCLDataConfig
 from xkd.data.dataset import ClipDataset, collate_clips
-from xkd.data.decoded import Decoding, predecode
+from xkd.data.decoded import predecode
 from xkd.data.manifest import Manifest, read_manifest
 from xkd.data.media import probe
 from xkd.data.video_views import EvalVideoView, VideoView
@@ -131,7 +131,7 @@ def window_dataset(windows: Windows, cfg: CCLDataConfig, need_video: bool = True
 def predecode_windows(windows: Windows, cfg: CCLDataConfig, cache_root: str | Path, progress: bool = True) -> Path:
     """Decode the video of every window once into ``<cache_root>/decoded-<settings hash>`` (rows already there are
     kept), and return that folder for :func:`window_dataset`'s ``decoded_cache``."""
-    decoding = Decoding(cfg.video_fps, cfg.resize_short, 16000, video=True, audio=False, missing_audio="silence")
+    decoding = window_dataset(windows, cfg).decoding  # the settings the datasets will ask the cache for
     digest = hashlib.sha1(json.dumps(asdict(decoding), sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(cache_root) / f"decoded-{digest}"
     predecode(windows.manifest, folder, decoding, workers=cfg.num_workers, progress=progress)
