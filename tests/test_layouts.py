@@ -20,6 +20,7 @@ from xkd.datasets.layouts import (
     read_kinetics_sound,
     read_layout,
     read_ucf101,
+    read_vggsound,
 )
 from xkd.data.manifest import ManifestError, read_manifest, write_manifest
 from xkd.datasets.media_writer import write_media
@@ -443,11 +444,78 @@ def test_audioset_template_errors(tmp_path, media):
     assert [r.path for r in m] == ["clips/--PJHxphWEs-30.wav"]
 
 
+# ------------------------------------------------------------------------------------------------------- VGGSound
+
+
+def vggsound_tree(root: Path, media) -> Path:
+    """The official headerless CSV (a label with a comma, quoted) and every clip naming the reader accepts."""
+    text(root / "vggsound.csv", [
+        "---g-f_I2yQ,1,people marching,test",
+        '-0jeONf82dE,21,"male speech, man speaking",train',
+        "-0pJqpNjft4,267,dog barking,train",
+        "-2-wdcN5vOw,17,dog barking,test",
+        "absent00000,30,dog barking,train",
+    ])
+    put(media, root / "video/---g-f_I2yQ_000001.mp4")
+    put(media, root / "video/sub/-0jeONf82dE_000021_000031.mp4")
+    put(media, root / "audio_only/-0pJqpNjft4_000267.wav")
+    put(media, root / "full/-2-wdcN5vOw.mp4")
+    return root
+
+
+def test_vggsound_reads_labels_splits_and_clip_names(tmp_path, media, caplog):
+    root = vggsound_tree(tmp_path / "vgg", media)
+    with caplog.at_level(logging.WARNING, logger="xkd.datasets.layouts"):
+        m = read_vggsound(root)
+    assert "1 of 5 files listed in the annotations are missing" in caplog.text and "absent00000_000030" in caplog.text
+    assert table(m) == {
+        "video/---g-f_I2yQ_000001.mp4": (("people marching",), "test", None),
+        "video/sub/-0jeONf82dE_000021_000031.mp4": (("male speech, man speaking",), "train", None),
+        "audio_only/-0pJqpNjft4_000267.wav": (("dog barking",), "train", None),
+        "full/-2-wdcN5vOw.mp4": (("dog barking",), "test", None),
+    }
+    bounds = {r.path: (r.start, r.end) for r in m}
+    assert bounds["full/-2-wdcN5vOw.mp4"] == (17, 27)  # an uncut video: only the clip's 10 s are read
+    assert bounds["video/---g-f_I2yQ_000001.mp4"] == (None, None)
+    assert_round_trip(m, tmp_path)
+    assert [r.split for r in read_vggsound(root, splits=["test"])] == ["test", "test"]
+    with pytest.raises(FileNotFoundError, match="absent00000_000030"):
+        read_vggsound(root, strict=True)
+
+
+def test_vggsound_errors(tmp_path, media):
+    with pytest.raises(FileNotFoundError, match="(?s)VGGSound annotations not found.*expected layout"):
+        read_vggsound(tmp_path)
+    root = vggsound_tree(tmp_path / "vgg", media)
+    text(root / "vggsound.csv", ["---g-f_I2yQ,1,people marching"])
+    with pytest.raises(ManifestError, match=r"vggsound.csv:1: expected 'youtube_id,start_seconds,label,split'"):
+        read_vggsound(root)
+    text(root / "vggsound.csv", ["---g-f_I2yQ,one,people marching,test"])
+    with pytest.raises(ManifestError, match="start_seconds must be a number"):
+        read_vggsound(root)
+
+
+def test_vggsound_evaluation_tasks_and_cli(tmp_path, media, capsys):
+    from xkd.cli import main
+    from xkd.eval.tasks import tasks_for
+
+    root = vggsound_tree(tmp_path / "vgg", media)
+    (task,) = tasks_for(f"vggsound:{root}", modality="av")
+    assert task.name == "vggsound av" and len(task.folds) == 1
+    paths = [task.manifest[i].path for i in task.folds[0].test_rows]
+    assert sorted(paths) == ["full/-2-wdcN5vOw.mp4", "video/---g-f_I2yQ_000001.mp4"]
+    out = tmp_path / "vggsound.csv"
+    assert main(["data", "manifest", "vggsound", str(root), "--out", str(out)]) == 0
+    assert "4 rows, 3 classes\nsplits: train 2, test 2" in capsys.readouterr().out
+    assert len(read_manifest(out)) == 4
+
+
 # ------------------------------------------------------------------------------------------- registry and summary
 
 
 def test_registry_dispatches_by_name(tmp_path, media):
-    assert set(LAYOUTS) == {"kinetics400", "kinetics_sound", "ucf101", "hmdb51", "esc50", "fsd50k", "audioset"}
+    assert set(LAYOUTS) == {"kinetics400", "kinetics_sound", "ucf101", "hmdb51", "esc50", "fsd50k", "vggsound",
+                            "audioset"}
     root = ucf_tree(tmp_path / "ucf", media)
     assert read_layout("UCF-101", root, fold=2).rows == read_ucf101(root, fold=2).rows
     esc = esc50_tree(tmp_path / "esc", media)

@@ -150,7 +150,7 @@ def add_data_parser(sub) -> None:
         "manifest",
         "write a manifest CSV for a dataset in its official layout",
         "Read a dataset in its official layout and write the manifest CSV that every xkd command takes.\n"
-        "Layouts: kinetics400, kinetics_sound, ucf101, hmdb51, esc50, fsd50k, audioset.",
+        "Layouts: kinetics400, kinetics_sound, ucf101, hmdb51, esc50, fsd50k, vggsound, audioset.",
     )
     man.add_argument("layout", help="dataset layout name, e.g. ucf101")
     man.add_argument("root", help="the dataset's root folder")

@@ -76,6 +76,15 @@ def _csv_records(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dic
                 yield reader.line_num, {k: v.strip() for k, v in zip(header, rec)}
 
 
+def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, stripped cells) for the non-empty rows of a CSV without a header."""
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.reader(fh, skipinitialspace=True)
+        for rec in reader:
+            if any(cell.strip() for cell in rec):
+                yield reader.line_num, [cell.strip() for cell in rec]
+
+
 def _int_field(text: str, where: str, what: str) -> int:
     try:
         return int(float(text))

@@ -10,6 +10,7 @@ annotation files and the manifest columns they fill:
 - ``hmdb51``: ``testTrainMulti_7030_splits/<class>_test_splitN.txt``; label, split (train/test) of split N.
 - ``esc50``: ``meta/esc50.csv``; label (the category), fold (1..5).
 - ``fsd50k``: ``FSD50K.ground_truth/{dev,eval,vocabulary}.csv``; labels (multi-label), split (train/val/test).
+- ``vggsound``: ``vggsound.csv`` (no header); label, split (train/test), start/end for uncut videos.
 - ``audioset``: ``{balanced_train,unbalanced_train,eval}_segments.csv``; labels (multi-label MIDs), split
   (train/test), start/end.
 
@@ -19,7 +20,7 @@ are not. A missing annotation file or media folder raises :class:`FileNotFoundEr
 Media files listed in the annotations but absent on disk are logged with their count and left out, or raise
 :class:`FileNotFoundError` with ``strict=True``.
 
-The readers live in :mod:`xkd.datasets.video_layouts` (Kinetics-400, Kinetics-Sound, UCF101, HMDB51) and
+The readers live in :mod:`xkd.datasets.video_layouts` (Kinetics-400, Kinetics-Sound, UCF101, HMDB51, VGGSound) and
 :mod:`xkd.datasets.audio_layouts` (ESC-50, FSD50K, AudioSet), on the helpers of :mod:`xkd.datasets.layout_files`;
 this module registers them in :data:`LAYOUTS` and exposes their public names.
 """
@@ -46,6 +47,7 @@ from xkd.datasets.video_layouts import (
     read_kinetics400,
     read_kinetics_sound,
     read_ucf101,
+    read_vggsound,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "read_kinetics_sound",
     "read_layout",
     "read_ucf101",
+    "read_vggsound",
 ]
 
 # ---------------------------------------------------------------------------------------------- registry, summary
@@ -78,6 +81,7 @@ LAYOUTS: dict[str, Callable[..., Manifest]] = {
     "hmdb51": read_hmdb51,
     "esc50": read_esc50,
     "fsd50k": read_fsd50k,
+    "vggsound": read_vggsound,
     "audioset": read_audioset,
 }
 

@@ -1,4 +1,5 @@
-"""Readers for the official layouts of the video datasets: Kinetics-400, Kinetics-Sound, UCF101 and HMDB51."""
+"""Readers for the official layouts of the video datasets: Kinetics-400, Kinetics-Sound, UCF101, HMDB51 and
+VGGSound."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from typing import Mapping, Sequence
 
 from xkd.data.manifest import Manifest, ManifestError, ManifestRow
 from xkd.datasets.layout_files import (
+    AUDIO_EXTENSIONS,
     SPLITS,
     VIDEO_EXTENSIONS,
     _check_fold,
     _class_key,
     _csv_records,
+    _csv_rows,
     _finish,
     _index_by_stem,
     _int_field,
@@ -48,6 +51,11 @@ _HMDB51_LAYOUT = """\
   <root>/<class>/<video>.avi
   <root>/testTrainMulti_7030_splits/<class>_test_split{1,2,3}.txt
       lines "<video>.avi <id>" with id 1 = train, 2 = test, 0 = unused"""
+_VGGSOUND_LAYOUT = """\
+  <root>/vggsound.csv   (the official file, no header)   lines: ---g-f_I2yQ,1,people marching,test
+  <root>/<any folders>/<youtube_id>_<start:06d>.mp4      (10 s clips; or .wav, .flac, ... for audio only)
+      or <youtube_id>_<start:06d>_<end:06d>.<ext>, or the whole video <youtube_id>.<ext> (the 10 s are cut at read)"""
+VGGSOUND_CLIP_SECONDS = 10
 
 
 # ------------------------------------------------------------------------------------- Kinetics-400, Kinetics-Sound
@@ -241,3 +249,48 @@ def read_hmdb51(
             else:
                 missing.append(f"{label}/{name}")
     return _finish("hmdb51", root, rows, missing, listed, _HMDB51_LAYOUT, strict)
+
+
+# ---------------------------------------------------------------------------------------------------------- VGGSound
+
+
+def read_vggsound(
+    root: str | Path,
+    splits: Sequence[str] | None = None,
+    strict: bool = False,
+    csv_name: str = "vggsound.csv",
+) -> Manifest:
+    """VGGSound clips with the official CSV's label and split (train/test).
+
+    Each line ``youtube_id,start_seconds,label,split`` names the 10 s clip starting at ``start_seconds``; it is found
+    anywhere under ``root`` as ``<youtube_id>_<start:06d>.<ext>`` or ``<youtube_id>_<start:06d>_<end:06d>.<ext>``
+    (a cut clip; video files win over audio-only ones), or as the whole video ``<youtube_id>.<ext>``, whose row then
+    carries start and end so that only the clip's 10 s are read. ``splits`` keeps some splits ('train', 'test').
+    """
+    root = Path(root)
+    csv_path = _require(root / csv_name, "VGGSound annotations", _VGGSOUND_LAYOUT)
+    wanted = {normalise_split(s) for s in splits} if splits else None
+    media = _index_by_stem(root, VIDEO_EXTENSIONS + AUDIO_EXTENSIONS)
+    rows: list[ManifestRow] = []
+    missing: list[str] = []
+    listed = 0
+    for lineno, cells in _csv_rows(csv_path):
+        where = f"{csv_path}:{lineno}"
+        if len(cells) != 4:
+            raise ManifestError(f"{where}: expected 'youtube_id,start_seconds,label,split', got {','.join(cells)!r}")
+        youtube_id, start_text, label, split_name = cells
+        start = _int_field(start_text, where, "start_seconds")
+        split = normalise_split(split_name)
+        if wanted is not None and split not in wanted:
+            continue
+        listed += 1
+        end = start + VGGSOUND_CLIP_SECONDS
+        clip = f"{youtube_id}_{start:06d}"
+        for stem, bounds in ((clip, (None, None)), (f"{clip}_{end:06d}", (None, None)), (youtube_id, (start, end))):
+            if stem in media:
+                path = media[stem].relative_to(root).as_posix()
+                rows.append(ManifestRow(path=path, labels=(label,), split=split, start=bounds[0], end=bounds[1]))
+                break
+        else:
+            missing.append(clip)
+    return _finish("vggsound", root, rows, missing, listed, _VGGSOUND_LAYOUT, strict)

@@ -149,7 +149,7 @@ def add_eval_parser(sub) -> None:
         "on val: exact and fast), linear (linear probe; mAP for multi-label sets), attentive (a cross-attention\n"
         "pooling probe over the frozen patch tokens), knn, retrieval (audio <-> video R@1/5/10), finetune\n"
         "(end-to-end). Datasets: a manifest CSV, LAYOUT:ROOT (ucf101 and hmdb51: 3 official splits; esc50: 5 folds;\n"
-        "fsd50k; kinetics400; kinetics_sound), or av-digits[:DIR] (video digit, video motion, audio digit\n"
+        "fsd50k; kinetics400; kinetics_sound; vggsound), or av-digits[:DIR] (video digit, video motion, audio digit\n"
         "leave-one-voice-out, audio+video digit). Teachers and students are evaluated side by side (--role both);\n"
         "--baseline adds a random-init encoder from its own seed. Writes PROTOCOL[_MODEL].json, .md (mean ± std over\n"
         "folds, chosen settings) and confusion-matrix PNGs into --out. Choose settings with --split val; report\n"

@@ -5,7 +5,7 @@ A dataset is given as
 - a manifest CSV: rows with ``split`` test are the test set and the others train (one fold), or, without a test
   split, leave-one-fold-out over the ``fold`` column (ESC-50 style);
 - ``LAYOUT:ROOT`` for an official layout (``ucf101`` and ``hmdb51``: the 3 official splits; ``esc50``: 5 folds;
-  ``fsd50k``, ``kinetics400``, ``kinetics_sound``: their train/test splits);
+  ``fsd50k``, ``kinetics400``, ``kinetics_sound``, ``vggsound``: their train/test splits);
 - ``av-digits`` or ``av-digits:DIR``: four tasks, video digit and video motion (image-index split), audio digit
   (leave-one-voice-out: train on the train split of four voices, test on the test split of the fifth) and audio+video
   digit (the same folds, features of both modalities fused). Their labels depend on left and right (motions, digits),
