@@ -212,10 +212,10 @@ def _cmd_clusters(args) -> int:
     opts = ExtractOptions(batch_size=args.batch_size, num_workers=args.workers, progress=not args.no_progress)
     report = cluster_report(assignments(encoders, heads, manifest, opts), manifest, args.columns)
     lines = [f"| {args.role} clusters ({args.split} split, {len(manifest)} clips) | clusters used | "
-             + " | ".join(f"NMI {c}" for c in args.columns) + " |", "|---|---:|" + "---:|" * len(args.columns)]
+             + " | ".join(f"NMI / AMI {c}" for c in args.columns) + " |", "|---|---:|" + "---:|" * len(args.columns)]
     for modality, r in report.items():
-        lines.append(f"| {modality} | {r['clusters_used']} | " + " | ".join(f"{r['nmi'][c]:.3f}" for c in args.columns)
-                     + " |")
+        lines.append(f"| {modality} | {r['clusters_used']} | "
+                     + " | ".join(f"{r['nmi'][c]:.3f} / {r['ami'][c]:.3f}" for c in args.columns) + " |")
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
@@ -226,10 +226,11 @@ def add_clusters_parser(sub) -> None:
     p = add_command(
         sub,
         "clusters",
-        "what a run's teacher clusters carry: NMI between cluster assignments and label columns",
+        "what a run's teacher clusters carry: NMI and AMI between cluster assignments and label columns",
         "Assign every clip of a split to its teacher's most likely prototype, argmax(head(mean of patch tokens) -\n"
         "mean over clips), per modality, and print the normalised mutual information with each --columns label\n"
-        "(0 = independent, 1 = the same partition). XKD runs only (MAE runs have no heads).",
+        "(NMI: 0 = independent, 1 = the same partition) and the same adjusted for chance (AMI: 0 = what independent\n"
+        "labels score). Compare columns by AMI: NMI rises with the number of values of a column. XKD runs only.",
     )
     p.add_argument("--weights", required=True, help="weights.safetensors or a run folder of an XKD run")
     p.add_argument("--role", choices=("teacher", "student"), default="teacher", help="whose heads")
