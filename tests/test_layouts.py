@@ -493,6 +493,9 @@ def test_vggsound_errors(tmp_path, media):
     text(root / "vggsound.csv", ["---g-f_I2yQ,one,people marching,test"])
     with pytest.raises(ManifestError, match="start_seconds must be a number"):
         read_vggsound(root)
+    text(root / "vggsound.csv", ["---g-f_I2yQ,1,people marching,holdout"])
+    with pytest.raises(ManifestError, match="vggsound.csv:1: unknown split 'holdout'"):
+        read_vggsound(root)
 
 
 def test_vggsound_evaluation_tasks_and_cli(tmp_path, media, capsys):

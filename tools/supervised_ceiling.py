@@ -80,7 +80,7 @@ def train(
                 history[m].append(v.item())
             step += 1
             bar.update(1)
-            bar.set_postfix({m: f"{v.item():.3f}" for m, v in losses.items()})
+            bar.set_postfix({m: f"{values[-1]:.3f}" for m, values in history.items()})
     bar.close()
     return encoders, history
 
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="run folder: weights.safetensors is written there")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args()
+    if args.steps < 1:
+        parser.error(f"--steps must be at least 1, got {args.steps}")
 
     cfg = load_config(PretrainConfig, args.config, args.set)
     torch.set_num_threads(threads_beside_workers(cfg.data.num_workers))

@@ -62,27 +62,25 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield lineno, line
 
 
-def _csv_records(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, record) for a CSV with a header; header names are stripped; missing columns raise."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh, skipinitialspace=True)
-        header = [h.strip() for h in next(reader, [])]
-        absent = [c for c in required if c not in header]
-        if absent:
-            raise ManifestError(f"{path}: missing column(s) {absent}; header is {header}")
-        for rec in reader:
-            if any(cell.strip() for cell in rec):
-                rec += [""] * (len(header) - len(rec))  # short rows: the absent cells are empty
-                yield reader.line_num, {k: v.strip() for k, v in zip(header, rec)}
-
-
 def _csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """(line number, stripped cells) for the non-empty rows of a CSV without a header."""
+    """(line number, stripped cells) for the non-empty rows of a CSV, its header (if any) included."""
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.reader(fh, skipinitialspace=True)
         for rec in reader:
             if any(cell.strip() for cell in rec):
                 yield reader.line_num, [cell.strip() for cell in rec]
+
+
+def _csv_records(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, record) for a CSV with a header (its first non-empty row); missing columns raise."""
+    rows = _csv_rows(path)
+    header = next(rows, (0, []))[1]
+    absent = [c for c in required if c not in header]
+    if absent:
+        raise ManifestError(f"{path}: missing column(s) {absent}; header is {header}")
+    for lineno, rec in rows:
+        rec += [""] * (len(header) - len(rec))  # short rows: the absent cells are empty
+        yield lineno, dict(zip(header, rec))
 
 
 def _int_field(text: str, where: str, what: str) -> int:

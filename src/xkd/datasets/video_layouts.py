@@ -280,7 +280,10 @@ def read_vggsound(
             raise ManifestError(f"{where}: expected 'youtube_id,start_seconds,label,split', got {','.join(cells)!r}")
         youtube_id, start_text, label, split_name = cells
         start = _int_field(start_text, where, "start_seconds")
-        split = normalise_split(split_name)
+        try:
+            split = normalise_split(split_name)
+        except ValueError as err:
+            raise ManifestError(f"{where}: {err}") from None
         if wanted is not None and split not in wanted:
             continue
         listed += 1
