@@ -11,7 +11,8 @@ from media_fixtures import chirp, make_av, make_empty, read_index
 
 from xkd.cli import main as cli_main
 from xkd.data.dataset import ClipDataset
-from xkd.data.decoded import DecodedClips, Decoding, predecode
+from xkd.data.decoded import DecodedClips, predecode
+from xkd.data.media import Decoding
 from xkd.data.manifest import Manifest, ManifestRow
 from xkd.data.media import MediaError, decode_clip
 
@@ -81,8 +82,8 @@ def test_bad_file_raises_its_reason_and_the_dataset_skips_it(media):
 def test_dataset_items_come_from_the_cache(media, monkeypatch):
     manifest, cache, _ = media
     ds = ClipDataset(manifest, clip_duration=2.0, fps=FPS, short_side=16, sample_rate=16000, decoded_cache=cache)
-    monkeypatch.setattr("xkd.data.dataset.decode_clip", None)  # any direct decode would fail
-    monkeypatch.setattr("xkd.data.dataset.probe", None)
+    monkeypatch.setattr("xkd.data.media.decode_clip", None)  # any direct decode would fail
+    monkeypatch.setattr("xkd.data.media.probe", None)
     for index in (0, 1, 3):
         item = ds[index]
         assert item["video"].shape == (16, 16, 24 if index < 3 else 16, 3)

@@ -16,7 +16,8 @@ from media_fixtures import (
     truncate,
 )
 
-from xkd.data.media import MediaError, clip_starts, decode_clip, probe, resized_shape
+from xkd.data.media import MediaError, clip_starts, decode_clip, probe
+from xkd.data.window_samplers import resized_shape
 
 ASSETS = Path(__file__).resolve().parents[1] / "src" / "xkd" / "assets" / "spoken_digits"
 

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xkd.data.decoded import DecodedClips, Decoding, row_bounds
+from xkd.data.decoded import DecodedClips, row_bounds
 from xkd.data.manifest import Manifest
-from xkd.data.media import Clip, MediaError, clip_starts, decode_clip, probe
+from xkd.data.media import Clip, Decoding, MediaError, clip_starts
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ClipDataset(Dataset):
         missing = "silence" if missing_audio == "silence" else "error"
         self.decoding = Decoding(fps, short_side, sample_rate, need_video, need_audio, missing)
         self.decoded = DecodedClips(decoded_cache, self.decoding) if decoded_cache else None
-        self._spans: dict[int, float] = {}  # row -> usable file duration (per process cache)
+        self._spans: dict[int, float] = {}  # row -> seconds of its span (per process cache)
         self._logged: set[str] = set()  # files already logged as bad by this process
 
     def __len__(self) -> int:
@@ -158,32 +158,17 @@ class ClipDataset(Dataset):
         cached = self.decoded.row(path, lo, end) if self.decoded is not None else None
         if cached is not None:
             span = cached.span
-        else:
-            span = (end if end is not None else self._span(row)) - lo
+        else:  # probed once per row and process
+            if row not in self._spans:
+                self._spans[row] = self.decoding.span(path, lo, end)
+            span = self._spans[row]
         if self.clip_sampling == "uniform":
             offset = clip_starts(span, self.clip_duration, self.clips_per_video, "uniform")[clip_no]
         else:
             offset = clip_starts(span, self.clip_duration, 1, "random", generator)[0]
         if cached is not None:
             return self.decoded.clip(cached, offset, self.clip_duration)
-        return decode_clip(
-            path,
-            lo + offset,
-            self.clip_duration,
-            self.fps,
-            short_side=self.short_side,
-            sample_rate=self.sample_rate,
-            video=self.need_video,
-            audio=self.need_audio,
-            missing_audio="silence" if self.missing_audio == "silence" else "error",
-        )
-
-    def _span(self, row: int) -> float:
-        """Seconds covered by every needed stream of the row's file (probed once per process)."""
-        if row not in self._spans:
-            info = probe(self.manifest.resolve(self.manifest[row]))
-            self._spans[row] = info.common_duration(video=self.need_video, audio=self.need_audio)
-        return self._spans[row]
+        return self.decoding.window(path, lo + offset, self.clip_duration)
 
     def _raw(self, clip: Clip) -> dict[str, torch.Tensor]:
         out = {}

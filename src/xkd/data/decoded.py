@@ -37,22 +37,11 @@ import numpy as np
 import torch
 
 from xkd.data.manifest import Manifest, ManifestRow
-from xkd.data.media import AUDIO_PAD_TOLERANCE, Clip, MediaError, decode_clip, probe
+from xkd.data.media import Clip, Decoding, MediaError
+from xkd.data.window_samplers import AUDIO_PAD_TOLERANCE
 from xkd.data.workers import init_worker
 
 FORMAT = "xkd-decoded-1"
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """The decoding settings a cache is made with; a dataset must ask for the same ones."""
-
-    fps: float
-    short_side: int | None
-    sample_rate: int
-    video: bool = True
-    audio: bool = True
-    missing_audio: str = "error"  # "error" (no-audio is bad media) or "silence"
 
 
 def row_bounds(row: ManifestRow) -> tuple[float, float | None]:
@@ -89,13 +78,10 @@ def _decode_row(job: tuple[str, float, float | None, str, dict]) -> str | None:
     except OSError:
         meta["size"] = meta["mtime_ns"] = None
     try:
-        hi = end
-        if hi is None:
-            hi = probe(path).common_duration(video=spec.video, audio=spec.audio)
+        hi = lo + spec.span(path, lo, end)
         if hi - lo <= 0:
             raise MediaError(path, "too-short", f"the span {lo:.3f}-{hi:.3f} s is empty")
-        clip = decode_clip(path, lo, hi - lo, spec.fps, short_side=spec.short_side, sample_rate=spec.sample_rate,
-                           video=spec.video, audio=spec.audio, missing_audio=spec.missing_audio)
+        clip = spec.window(path, lo, hi - lo)
     except MediaError as e:
         meta.update(bad=e.reason, message=e.message)
     else:

@@ -1,7 +1,8 @@
 """Decoding audio-visual clips from media files with PyAV (spec §A2).
 
 :func:`probe` reads a file's header; :func:`decode_clip` decodes one time window of video and audio in a single pass
-over the container; :func:`clip_starts` chooses window starts. Every failure is a :class:`MediaError` carrying a short
+over the container; :func:`clip_starts` chooses window starts. A file is a path or, for a member of a shard, the bytes
+themselves (:class:`MediaBytes`): both go through the same checks and decoding. Every failure is a :class:`MediaError` carrying a short
 reason code, so callers can apply a policy (skip, count, report) instead of handling raw FFmpeg errors.
 
 Reason codes (:data:`REASONS`):
@@ -20,20 +21,22 @@ Times are in seconds from the start of the file (the container's start time is s
 
 Tolerances at the end of a window: a video frame is shown until the next one, so the last decoded frame also covers
 the window up to one frame period after its timestamp (and a window may begin up to one period before the first
-frame). Audio may be zero-padded by at most :data:`AUDIO_PAD_TOLERANCE` seconds at either end of the window. Anything
+frame). Audio may be zero-padded by at most :data:`~xkd.data.window_samplers.AUDIO_PAD_TOLERANCE` seconds at either end of the window. Anything
 shorter raises ``too-short``.
 """
 
 from __future__ import annotations
 
-import math
+import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 import numpy as np
 import torch
-from av.video.reformatter import VideoReformatter
+
+from xkd.data.window_samplers import AudioWindow, VideoWindow, WindowTooShort
 
 REASONS = (
     "not-found",
@@ -46,14 +49,13 @@ REASONS = (
     "decode-failed",
 )
 
-AUDIO_PAD_TOLERANCE = 0.02  # seconds of zero padding allowed at each end of an audio window
 SEEK_PREROLL = 0.5  # seconds: seek this far before the window so the audio decoder is warm when the window starts
 
 
 class MediaError(Exception):
     """A media file that cannot give what was asked. ``reason`` is one of :data:`REASONS`."""
 
-    def __init__(self, path: str | Path, reason: str, message: str):
+    def __init__(self, path: Source, reason: str, message: str):
         if reason not in REASONS:
             raise ValueError(f"unknown media error reason {reason!r}")
         self.path = str(path)
@@ -63,10 +65,6 @@ class MediaError(Exception):
 
     def __reduce__(self):  # keep path and reason when sent from a DataLoader worker
         return (MediaError, (self.path, self.reason, self.message))
-
-
-class _TooShort(Exception):
-    """Internal: the decoded streams do not cover the window (becomes MediaError reason ``too-short``)."""
 
 
 @dataclass
@@ -105,61 +103,92 @@ class Clip:
     duration: float
 
 
-def _mp4_truncation(path: Path) -> str | None:
-    """For ISO-BMFF files (mp4/mov/m4a): a description of the first top-level box that runs past the end, else None."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        if fh.read(12)[4:8] != b"ftyp":
+@dataclass(frozen=True)
+class MediaBytes:
+    """A media file held in memory, e.g. a member of a shard: ``name`` (ending in the file's suffix) names it in
+    errors, ``data`` holds its bytes. Accepted wherever a path is."""
+
+    name: str
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Source = str | Path | MediaBytes
+
+
+def _mp4_truncation(fh: BinaryIO, size: int) -> str | None:
+    """For ISO-BMFF files (mp4/mov/m4a) of ``size`` bytes: a description of the first top-level box that runs past
+    the end, else None."""
+    fh.seek(0)
+    if fh.read(12)[4:8] != b"ftyp":
+        return None
+    offset = 0
+    while offset + 8 <= size:
+        fh.seek(offset)
+        header = fh.read(16)
+        box_size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+        if box_size == 1:  # 64-bit size follows the type
+            if len(header) < 16:
+                return f"the MP4 box '{kind}' header is cut off at byte {offset:,}"
+            box_size = int.from_bytes(header[8:16], "big")
+        elif box_size == 0:  # the box extends to the end of the file
             return None
-        offset = 0
-        while offset + 8 <= size:
-            fh.seek(offset)
-            header = fh.read(16)
-            box_size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
-            if box_size == 1:  # 64-bit size follows the type
-                if len(header) < 16:
-                    return f"the MP4 box '{kind}' header is cut off at byte {offset:,}"
-                box_size = int.from_bytes(header[8:16], "big")
-            elif box_size == 0:  # the box extends to the end of the file
-                return None
-            if box_size < 8:
-                return None  # not a box structure we understand; let FFmpeg judge the file
-            if offset + box_size > size:
-                return (
-                    f"the MP4 box '{kind}' at byte {offset:,} needs {box_size:,} bytes but the file ends after "
-                    f"{size - offset:,} (incomplete download or copy?)"
-                )
-            offset += box_size
+        if box_size < 8:
+            return None  # not a box structure we understand; let FFmpeg judge the file
+        if offset + box_size > size:
+            return (
+                f"the MP4 box '{kind}' at byte {offset:,} needs {box_size:,} bytes but the file ends after "
+                f"{size - offset:,} (incomplete download or copy?)"
+            )
+        offset += box_size
     return None
 
 
-def open_media(path: str | Path) -> av.container.InputContainer:
-    """Open a media file for reading, raising :class:`MediaError` (never an FFmpeg error) when it cannot be opened.
-
-    Raw G.722 files (``.g722``, as shipped by Asterisk) have no header, so their format is given explicitly.
-    """
-    path = Path(path)
+def _checked_file(path: Path) -> str:
+    """The path to open, after the checks FFmpeg does not make (missing, folder, empty, truncated MP4)."""
     if not path.exists():
         raise MediaError(path, "not-found", "no such file")
     if path.is_dir():
         raise MediaError(path, "unreadable", "is a directory")
     try:
-        empty = path.stat().st_size == 0
-        cut = None if empty else _mp4_truncation(path)
+        size = path.stat().st_size
+        if size:
+            with path.open("rb") as fh:
+                cut = _mp4_truncation(fh, size)
     except OSError as e:
         raise MediaError(path, "unreadable", _describe(e)) from None
-    if empty:
+    if size == 0:
         raise MediaError(path, "empty-file", "the file is empty (0 bytes)")
     if cut is not None:
         raise MediaError(path, "truncated", cut)
-    fmt = "g722" if path.suffix.lower() == ".g722" else None
+    return str(path)
+
+
+def open_media(source: Source) -> av.container.InputContainer:
+    """Open a media file (a path or :class:`MediaBytes`) for reading, raising :class:`MediaError` (never an FFmpeg
+    error) when it cannot be opened.
+
+    Raw G.722 files (``.g722``, as shipped by Asterisk) have no header, so their format is given explicitly.
+    """
+    if isinstance(source, MediaBytes):
+        if not source.data:
+            raise MediaError(source, "empty-file", "the file is empty (0 bytes)")
+        cut = _mp4_truncation(io.BytesIO(source.data), len(source.data))
+        if cut is not None:
+            raise MediaError(source, "truncated", cut)
+        target, suffix = io.BytesIO(source.data), Path(source.name).suffix
+    else:
+        target, suffix = _checked_file(Path(source)), Path(source).suffix
+    fmt = "g722" if suffix.lower() == ".g722" else None
     try:
-        container = av.open(str(path), format=fmt)
+        container = av.open(target, format=fmt)
     except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-        raise MediaError(path, "unreadable", f"FFmpeg cannot open it as media ({_describe(e)})") from None
+        raise MediaError(source, "unreadable", f"FFmpeg cannot open it as media ({_describe(e)})") from None
     if not container.streams.video and not container.streams.audio:
         container.close()
-        raise MediaError(path, "unreadable", "the file has no audio or video stream")
+        raise MediaError(source, "unreadable", "the file has no audio or video stream")
     return container
 
 
@@ -209,141 +238,14 @@ def media_info(container) -> MediaInfo:
     )
 
 
-def probe(path: str | Path) -> MediaInfo:
+def probe(path: Source) -> MediaInfo:
     """Read a file's header (no decoding). Raises :class:`MediaError` when the file cannot be opened."""
     with open_media(path) as container:
         return media_info(container)
 
 
-def resized_shape(height: int, width: int, short_side: int | None) -> tuple[int, int]:
-    """(height, width) after scaling the shorter side to ``short_side`` (unchanged when None), keeping aspect."""
-    if short_side is None:
-        return height, width
-    if height <= width:
-        return short_side, max(1, round(width * short_side / height))
-    return max(1, round(height * short_side / width)), short_side
-
-
-class _VideoSampler:
-    """Picks, for each target time t_k = start + k / fps, the decoded frame whose timestamp is nearest.
-
-    Frames arrive in presentation order. A frame is converted (resized + RGB) only if it is picked, straight from the
-    decoder's YUV frame, so no full-size RGB copy is ever made; at most two full-size frames (previous and current)
-    are held at once. One reformatter serves every frame of the window, so FFmpeg's scaler is set up once, not per
-    frame.
-    """
-
-    def __init__(self, start: float, duration: float, fps: float, short_side: int | None, period: float):
-        self.targets = [start + k / fps for k in range(round(duration * fps))]
-        self.short_side = short_side
-        self.period = period  # nominal source frame period, the end-of-stream tolerance
-        self.frames: list[np.ndarray] = []
-        self.prev = None  # (time, frame)
-        self.reformatter = VideoReformatter()
-
-    @property
-    def done(self) -> bool:
-        return len(self.frames) == len(self.targets)
-
-    def _take(self, frame, count: int) -> None:
-        h, w = resized_shape(frame.height, frame.width, self.short_side)
-        rgb = self.reformatter.reformat(frame, width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
-        self.frames.extend([rgb] * count)
-
-    def _pending_up_to(self, limit: float) -> int:
-        """How many of the still unassigned targets are at or before ``limit``."""
-        count = len(self.frames)
-        while count < len(self.targets) and self.targets[count] <= limit:
-            count += 1
-        return count - len(self.frames)
-
-    def push(self, frame, time: float) -> None:
-        """Add the next decoded frame (presentation ``time`` in seconds); settles the targets it decides."""
-        if self.prev is None:  # targets before the first frame take the first frame
-            count, picked = self._pending_up_to(time), frame
-            if count and time - self.targets[0] > self.period + 1e-6:
-                raise _TooShort(f"video starts at {time:.3f} s, after the window start {self.targets[0]:.3f} s")
-        else:  # targets up to the midpoint between the previous frame and this one are nearest to the previous
-            prev_time, prev_frame = self.prev
-            count, picked = self._pending_up_to((prev_time + time) / 2), prev_frame
-        if count:
-            self._take(picked, count)
-        self.prev = (time, frame)
-
-    def finish(self) -> np.ndarray:
-        """Assign the remaining targets to the last frame (within one frame period) and stack ``[T, H, W, 3]``."""
-        if not self.done:
-            if self.prev is None:
-                raise _TooShort("no video frame was decoded in the window")
-            last_time, last_frame = self.prev
-            missing = self.targets[len(self.frames) :]
-            if missing[-1] >= last_time + self.period + 1e-6:
-                raise _TooShort(f"video ends at {last_time + self.period:.3f} s, before {missing[-1]:.3f} s")
-            self._take(last_frame, len(missing))
-        self.prev = None
-        return np.stack(self.frames)
-
-
-class _AudioSampler:
-    """Collects decoded audio into the window [start, start + n / rate) by timestamp, resampled and mixed to mono."""
-
-    def __init__(self, start: float, duration: float, sample_rate: int):
-        self.start = start
-        self.rate = sample_rate
-        self.n = round(duration * sample_rate)
-        self.buffer = np.zeros(self.n, dtype=np.float32)
-        self.first = None  # first and last window index that received samples
-        self.end = None
-        self.resampler = None
-        self.template = None  # (format, layout, rate) the resampler was built for
-        self.next_pts = None  # fallback position when a frame has no timestamp
-
-    @property
-    def done(self) -> bool:
-        return self.end is not None and self.end >= self.n
-
-    def push(self, frame) -> None:
-        key = (frame.format.name, frame.layout.name, frame.sample_rate)
-        if key != self.template:  # first frame, or the stream changed its format mid-file
-            self._flush()
-            self.resampler = av.AudioResampler(format="fltp", layout=frame.layout, rate=self.rate)
-            self.template = key
-        for out in self.resampler.resample(frame):
-            self._place(out)
-
-    def _flush(self) -> None:
-        if self.resampler is not None:
-            for out in self.resampler.resample(None):
-                self._place(out)
-
-    def _place(self, frame) -> None:
-        samples = frame.to_ndarray().mean(axis=0)  # [C, S] planar -> mono by averaging channels
-        if frame.pts is not None and frame.time_base is not None:
-            pos = round((float(frame.pts * frame.time_base) - self.start) * self.rate)
-        else:
-            pos = self.next_pts if self.next_pts is not None else 0
-        self.next_pts = pos + len(samples)
-        lo, hi = max(pos, 0), min(pos + len(samples), self.n)
-        if lo >= hi:
-            return
-        self.buffer[lo:hi] = samples[lo - pos : hi - pos]
-        self.first = lo if self.first is None else min(self.first, lo)
-        self.end = hi if self.end is None else max(self.end, hi)
-
-    def finish(self) -> np.ndarray:
-        self._flush()
-        tol = math.floor(AUDIO_PAD_TOLERANCE * self.rate)
-        if self.end is None:
-            raise _TooShort("no audio sample was decoded in the window")
-        if self.first > tol:
-            raise _TooShort(f"audio starts {self.first / self.rate:.3f} s after the window start")
-        if self.end < self.n - tol:
-            raise _TooShort(f"audio ends {(self.n - self.end) / self.rate:.3f} s before the window end")
-        return self.buffer
-
-
 def decode_clip(
-    path: str | Path,
+    path: Source,
     start: float,
     duration: float,
     fps: float,
@@ -379,14 +281,14 @@ def decode_clip(
         vsampler = asampler = None
         if vstream is not None:
             rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
-            vsampler = _VideoSampler(t0, duration, fps, short_side, 1.0 / float(rate) if rate else 1.0 / fps)
+            vsampler = VideoWindow(t0, duration, fps, short_side, 1.0 / float(rate) if rate else 1.0 / fps)
         if astream is not None:
-            asampler = _AudioSampler(t0, duration, sample_rate)
+            asampler = AudioWindow(t0, duration, sample_rate)
         try:
             _demux_window(container, vstream, astream, vsampler, asampler, t0)
             frames = vsampler.finish() if vsampler is not None else None
             wave = asampler.finish() if asampler is not None else None
-        except _TooShort as e:
+        except WindowTooShort as e:
             raise MediaError(path, "too-short", f"window {start:.3f}+{duration:.3f} s: {e}") from None
         except av.FFmpegError as e:
             raise MediaError(path, "decode-failed", _describe(e)) from None
@@ -398,6 +300,30 @@ def decode_clip(
         start=start,
         duration=duration,
     )
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How clips are decoded: video at ``fps`` with the short side resized to ``short_side``, audio at
+    ``sample_rate``; the streams asked for; ``missing_audio`` as in :func:`decode_clip`."""
+
+    fps: float
+    short_side: int | None
+    sample_rate: int
+    video: bool = True
+    audio: bool = True
+    missing_audio: str = "error"  # "error" (no-audio is bad media) or "silence"
+
+    def span(self, source: Source, lo: float, end: float | None) -> float:
+        """Seconds from ``lo`` to ``end``, or to the end of every needed stream of the file when ``end`` is None."""
+        if end is None:
+            end = probe(source).common_duration(video=self.video, audio=self.audio)
+        return end - lo
+
+    def window(self, source: Source, start: float, duration: float) -> Clip:
+        """The :class:`Clip` of [start, start + duration) of the file."""
+        return decode_clip(source, start, duration, self.fps, short_side=self.short_side, sample_rate=self.sample_rate,
+                           video=self.video, audio=self.audio, missing_audio=self.missing_audio)
 
 
 def _demux_window(container, vstream, astream, vsampler, asampler, t0: float) -> None:
