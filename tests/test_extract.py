@@ -73,3 +73,25 @@ def test_models_evaluated_together_may_differ_in_training_views_but_not_in_input
     other.data.resize_short += 8
     with pytest.raises(ValueError, match="resize_short"):
         _shared_config({"a": base, "b": random_encoders(other, seed=1)})
+
+
+def test_features_from_shards_equal_features_from_files(folder, tmp_path):
+    from xkd.datasets.shards import shard_manifest
+
+    enc = random_encoders(tiny_config(), seed=3)
+    files = manifest_from_target(folder)
+    shard_manifest(files, tmp_path / "shards", shard_size=4, progress=False)
+    shards = manifest_from_target(tmp_path / "shards")
+    assert len(shards) == 7  # the empty file and the text file were left out when sharding
+    opts = ExtractOptions(clips_per_video=2, num_workers=0, progress=False, batch_size=3)
+    out_f, videos_f, _ = extract_to_file(enc, files, tmp_path / "files.npz", ["video", "audio"], opts)
+    out_s, videos_s, failed = extract_to_file(enc, shards, tmp_path / "shards.npz", ["video", "audio"], opts)
+    assert videos_s == videos_f == 6 and [reason for _, reason in failed] == ["no-audio"]
+    zf, zs = np.load(out_f), np.load(out_s)
+    # a sample's key is its row in the sharded manifest: match each shard row with its file row
+    file_row = [int(r.path.split("/")[1].split(".")[0]) for r in shards]
+    order_f = {int(r): k for k, r in enumerate(zf["video_row"])}
+    for k, r in enumerate(zs["video_row"]):
+        f = order_f[file_row[int(r)]]
+        np.testing.assert_array_equal(zs["video_video"][k], zf["video_video"][f])
+        np.testing.assert_array_equal(zs["audio_video"][k], zf["audio_video"][f])

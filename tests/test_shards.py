@@ -53,6 +53,7 @@ def test_shards_hold_the_original_bytes_and_rows_in_a_seeded_order(corpus, tmp_p
         json.loads((tmp_path / "a" / s["name"].replace(".tar", ".json")).read_text())["samples"]
         for s in index["shards"]]
     assert index["manifest_sha256"] == manifest_digest(corpus)
+    assert index["splits"] == {"train": 5, "test": 2}  # the bad rows (split '') are left out
     reasons = {b["path"]: b["reason"] for b in index["bad"]}
     assert set(reasons) == {"missing.mp4", "empty.mp4", "renamed.mp4"}
     assert reasons["missing.mp4"].startswith("missing") and reasons["empty.mp4"].startswith("empty")
@@ -96,3 +97,8 @@ def test_cli_lists_the_files_left_out(corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "left out: " in out and "renamed.mp4" in out and "7 of 10 rows in 3 shards" in out
     assert json.loads((tmp_path / "s" / "index.json").read_text())["samples"] == 7
+    assert main(["data", "shard", str(manifest), "--out", str(tmp_path / "t"), "--split", "train",
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "t" / "index.json").read_text())["splits"] == {"train": 5}
+    with pytest.raises(SystemExit, match="no rows of split 'val'"):
+        main(["data", "shard", str(manifest), "--out", str(tmp_path / "u"), "--split", "val", "--no-progress"])

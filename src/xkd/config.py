@@ -87,6 +87,8 @@ class DataConfig:
     bad_media: Literal["skip", "error"] = "skip"  # skip = log, count and replace by another sample
     missing_audio: Literal["skip", "silence"] = "skip"  # silence = use a silent track for video-only files
     decoded_cache: str = ""  # folder made by `xkd data predecode` (windows sliced from it); empty = decode the files
+    shards: str = ""  # shard folder or brace pattern of `xkd data shard` (pretraining reads it instead of manifest)
+    shard_window: int = 8  # consecutive samples of one shard read per draw (xkd.data.shard_stream)
     num_workers: int = 2
     batch_size: int = 32  # per process, per micro-step
 

@@ -159,8 +159,9 @@ class ClipDataset(Dataset):
         if cached is not None:
             span = cached.span
         else:  # probed once per row and process
+            source = self.manifest.source(entry)
             if row not in self._spans:
-                self._spans[row] = self.decoding.span(path, lo, end)
+                self._spans[row] = self.decoding.span(source, lo, end)
             span = self._spans[row]
         if self.clip_sampling == "uniform":
             offset = clip_starts(span, self.clip_duration, self.clips_per_video, "uniform")[clip_no]
@@ -168,7 +169,7 @@ class ClipDataset(Dataset):
             offset = clip_starts(span, self.clip_duration, 1, "random", generator)[0]
         if cached is not None:
             return self.decoded.clip(cached, offset, self.clip_duration)
-        return self.decoding.window(path, lo + offset, self.clip_duration)
+        return self.decoding.window(source, lo + offset, self.clip_duration)
 
     def _raw(self, clip: Clip) -> dict[str, torch.Tensor]:
         out = {}

@@ -11,6 +11,9 @@ Columns (header required; only ``path`` is mandatory):
 
 Any further columns (e.g. ``digit``, ``motion``, ``voice``) are kept in :attr:`ManifestRow.extra`, so one manifest can
 carry several label sets; :meth:`Manifest.labels_of` reads any of them.
+
+A folder of shards written by ``xkd data shard`` reads as a manifest too (:func:`read_manifest`): its rows are the
+samples' rows, with paths naming the samples inside the shards, which :meth:`Manifest.source` reads in place.
 """
 
 from __future__ import annotations
@@ -19,6 +22,9 @@ import csv
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from xkd.data.media import MediaBytes
+from xkd.data.shard_reader import INDEX_FILE, ShardSet, is_member_path, read_member
 
 CORE_COLUMNS = ("path", "label", "split", "fold", "start", "end")
 
@@ -65,6 +71,11 @@ class Manifest:
         """Absolute path of a row's media file."""
         p = Path(row.path)
         return p if p.is_absolute() else self.root / p
+
+    def source(self, row: ManifestRow) -> Path | MediaBytes:
+        """What to decode for a row: its file, or the bytes of its sample when the row lives in a shard."""
+        path = self.resolve(row)
+        return read_member(path) if is_member_path(path) else path
 
     def filter(self, split: str | None = None, folds: Iterable[int] | None = None, exclude_folds: Iterable[int] = ()):
         """Rows of one split and/or of some folds (``exclude_folds`` drops folds), as a new manifest."""
@@ -124,8 +135,11 @@ def _float_or_none(text: str, where: str) -> float | None:
 
 
 def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
-    """Read a manifest CSV. ``root`` defaults to the CSV's folder."""
+    """Read a manifest CSV, or the rows of a shard folder. ``root`` defaults to the CSV's folder."""
     path = Path(path)
+    if path.is_dir() and (path / INDEX_FILE).is_file():
+        return Manifest([replace(row_from_record(record), path=name) for name, record in ShardSet(path).records()],
+                        path)
     if not path.is_file():
         raise ManifestError(f"manifest not found: {path}")
     # surrogateescape: file names that are not UTF-8 (POSIX allows any bytes) survive a round trip

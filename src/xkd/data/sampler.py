@@ -16,6 +16,18 @@ import torch
 from torch.utils.data import Sampler
 
 
+def steps_per_epoch(epoch_size: int, batch_size: int, world_size: int, accum_steps: int) -> int:
+    """Optimiser steps in an epoch of ``epoch_size`` samples; an error when it holds none."""
+    per_step = batch_size * world_size * accum_steps
+    if epoch_size < per_step:
+        raise ValueError(
+            f"an epoch of {epoch_size} samples holds no optimiser step of {per_step} samples "
+            f"(batch_size {batch_size} x processes {world_size} x accum_steps {accum_steps}): "
+            "use a smaller batch or more data"
+        )
+    return epoch_size // per_step
+
+
 class StepBatchSampler(Sampler[list[int]]):
     """Yields this rank's index lists for the micro-batches of one epoch, from step ``start_step`` on."""
 
@@ -40,21 +52,12 @@ class StepBatchSampler(Sampler[list[int]]):
         self.epoch_size = epoch_size or num_samples
         self.epoch = 0
         self.start_step = 0
-        if self.steps_per_epoch < 1:
-            raise ValueError(
-                f"an epoch of {self.epoch_size} samples holds no optimiser step of {self.samples_per_step} samples "
-                f"(batch_size {batch_size} x processes {world_size} x accum_steps {accum_steps}): "
-                "use a smaller batch or more data"
-            )
+        self.steps_per_epoch = steps_per_epoch(self.epoch_size, batch_size, world_size, accum_steps)
 
     @property
     def samples_per_step(self) -> int:
         """Samples in one optimiser step, over all processes and micro-batches."""
         return self.batch_size * self.world_size * self.accum_steps
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.epoch_size // self.samples_per_step
 
     def set_epoch(self, epoch: int, start_step: int = 0) -> None:
         """Select the epoch and the step within it to start from (for resume)."""

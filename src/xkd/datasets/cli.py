@@ -92,8 +92,12 @@ def _cmd_shard(args) -> int:
     from xkd.data.manifest import read_manifest
     from xkd.datasets.shards import shard_manifest
 
-    index = shard_manifest(read_manifest(args.manifest), args.out, args.shard_size, args.seed,
-                           progress=not args.no_progress)
+    manifest = read_manifest(args.manifest)
+    if args.split:
+        manifest = manifest.filter(split=args.split)
+        if not len(manifest):
+            raise SystemExit(f"xkd data shard: {args.manifest} has no rows of split '{args.split}'")
+    index = shard_manifest(manifest, args.out, args.shard_size, args.seed, progress=not args.no_progress)
     for bad in index["bad"]:
         print(f"left out: {bad['path']}: {bad['reason']}")
     print(f"{index['samples']} of {index['rows']} rows in {len(index['shards'])} shards in {args.out} "
@@ -215,11 +219,13 @@ def add_data_parser(sub) -> None:
         "Write every media file of a manifest, byte for byte (no re-encoding), with its manifest row as JSON, into\n"
         "WebDataset tar shards of --shard-size rows, in an order shuffled with --seed, plus index.json (shard names,\n"
         "sample counts, the manifest's sha256). Files that cannot be read or opened as media are listed with their\n"
-        "reason and left out. Finished shards are kept, so an interrupted run resumes.",
+        "reason and left out. Finished shards are kept, so an interrupted run resumes. Pretraining reads them with\n"
+        "data.shards=FOLDER (docs/SCALING.md); shard the training split alone (--split train) for that.",
     )
     shard.add_argument("manifest", help="manifest CSV")
     shard.add_argument("--out", required=True, help="shard folder")
     shard.add_argument("--shard-size", type=int, default=1000, help="rows per shard")
+    shard.add_argument("--split", default="", help="shard only the rows of this split (empty = every row)")
     shard.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
     shard.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     shard.set_defaults(func=_cmd_shard)

@@ -9,9 +9,11 @@ before they are cut into shards of ``shard_size`` rows, so every shard mixes the
 Layout of the output folder::
 
     shard-000000.tar ...    the shards (member times fixed at 0, so a shard's bytes depend only on its samples)
-    shard-000000.json ...   per shard: samples written and the files left out, with their reasons
+    shard-000000.json ...   per shard: samples written, samples per manifest split, the files left out with reasons
     index.json              {"format", "manifest_sha256", "seed", "shard_size", "rows", "shards": [{"name",
-                            "samples"}], "samples", "bad": [{"row", "path", "reason"}]}
+                            "samples"}], "samples", "splits": {split: samples}, "bad": [{"row", "path", "reason"}]}
+
+Training and evaluation read them with :class:`xkd.data.shard_reader.ShardSet`.
 
 A shard is written to a temporary file and renamed when complete, then its ``.json`` is written: a rerun with the
 same manifest and settings skips every shard that has both, so an interrupted run resumes. A file that cannot be
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +35,7 @@ from tqdm import tqdm
 
 from xkd.data.manifest import Manifest, row_record
 from xkd.data.media import MediaError, probe
-
-FORMAT = "xkd-shards-1"
-INDEX_FILE = "index.json"
-
+from xkd.data.shard_reader import FORMAT, INDEX_FILE, shard_name
 
 def manifest_digest(manifest: Manifest) -> str:
     """sha256 of the manifest's rows, in order (their records as JSON)."""
@@ -43,10 +43,6 @@ def manifest_digest(manifest: Manifest) -> str:
     for row in manifest:
         digest.update(json.dumps(row_record(row), sort_keys=True).encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
 
 
 def _problem(path: Path) -> str | None:
@@ -66,7 +62,7 @@ def _problem(path: Path) -> str | None:
 
 def _write_shard(manifest: Manifest, rows: np.ndarray, path: Path) -> dict[str, Any]:
     """Write the samples of ``rows`` into the tar ``path`` (atomically); returns the shard's record."""
-    bad, samples = [], 0
+    bad, splits = [], Counter()
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as stream:
         sink = webdataset.TarWriter(stream, encoder=False, mtime=0)
@@ -81,12 +77,12 @@ def _write_shard(manifest: Manifest, rows: np.ndarray, path: Path) -> dict[str, 
             record = {**row_record(row), "source": str(source)}
             sink.write({"__key__": f"{i:09d}", suffix: source.read_bytes(),
                         "json": json.dumps(record).encode("utf-8", "surrogateescape")})
-            samples += 1
+            splits[row.split] += 1
         sink.close()
         stream.flush()
         os.fsync(stream.fileno())
     tmp.replace(path)
-    record = {"name": path.name, "samples": samples, "bad": bad}
+    record = {"name": path.name, "samples": sum(splits.values()), "splits": dict(splits), "bad": bad}
     path.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return record
 
@@ -116,6 +112,8 @@ def shard_manifest(manifest: Manifest, out: str | Path, shard_size: int = 1000, 
             continue
         records.append(_write_shard(manifest, order[k * shard_size:(k + 1) * shard_size], path))
     index = {**settings, "shards": [{"name": r["name"], "samples": r["samples"]} for r in records],
-             "samples": sum(r["samples"] for r in records), "bad": [b for r in records for b in r["bad"]]}
+             "samples": sum(r["samples"] for r in records),
+             "splits": dict(sum((Counter(r["splits"]) for r in records), Counter())),
+             "bad": [b for r in records for b in r["bad"]]}
     (out / INDEX_FILE).write_text(json.dumps(index, indent=1))
     return index

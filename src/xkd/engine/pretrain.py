@@ -24,14 +24,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from xkd.config import PretrainConfig, dump_config, to_dict
-from xkd.data.dataset import BadMediaReport, collate_clips
-from xkd.data.sampler import StepBatchSampler
-from xkd.data.views import pretrain_dataset
-from xkd.data.workers import init_worker, threads_beside_workers
+from xkd.data.dataset import BadMediaReport
+from xkd.data.pretrain_batches import PretrainBatches
+from xkd.data.workers import threads_beside_workers
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from xkd.engine.flops import count_flops, measure_matmul_peak
@@ -250,17 +248,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
             stale.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- data
-    dataset = pretrain_dataset(cfg)
-    sampler = StepBatchSampler(
-        len(dataset),
-        cfg.data.batch_size,
-        dist_info.world_size,
-        dist_info.rank,
-        cfg.optim.accum_steps,
-        seed=run.seed,
-        epoch_size=run.epoch_size,
-    )
-    iters_per_epoch = sampler.steps_per_epoch
+    batches_of = PretrainBatches(cfg, dist_info.world_size, dist_info.rank)
+    iters_per_epoch = batches_of.steps_per_epoch
     full_steps = schedule_length(cfg.optim, iters_per_epoch)
     limit = max_steps if max_steps else run.max_steps
     total_steps = min(full_steps, limit) if limit else full_steps
@@ -310,16 +299,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     model.train()
     while step < total_steps:
         epoch, step_in_epoch = divmod(step, iters_per_epoch)
-        dataset.set_epoch(epoch)
-        sampler.set_epoch(epoch, step_in_epoch)
-        loader = DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_clips,
-            pin_memory=device.type == "cuda",
-            worker_init_fn=init_worker,
-        )
+        loader = batches_of.loader(epoch, step_in_epoch, pin_memory=device.type == "cuda")
         batches = iter(loader)
         while step < total_steps and step // iters_per_epoch == epoch:
             values = sched.at(step)
@@ -350,7 +330,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
             if step % run.log_every == 0 or step == total_steps:
                 elapsed = time.perf_counter() - window_t0
                 step_time = elapsed / max(window_steps, 1)
-                clips = sampler.samples_per_step / step_time
+                clips = batches_of.samples_per_step / step_time
                 metrics = {**terms_sum, **values, "epoch": epoch, "schedule_steps": full_steps,
                            "step_time": step_time, "clips_per_s": clips, "bad_media_files": len(bad),
                            "skipped_steps": skipped}

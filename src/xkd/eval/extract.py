@@ -77,10 +77,14 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def manifest_from_target(target: str | Path) -> Manifest:
-    """A manifest from a manifest CSV, a media file, or a folder of media files (recursive)."""
+    """A manifest from a manifest CSV, a shard folder (``xkd data shard``), a media file, or a folder of media files
+    (recursive)."""
     from xkd.data.manifest import read_manifest
+    from xkd.data.shard_reader import INDEX_FILE
 
     target = Path(target)
+    if (target / INDEX_FILE).is_file():
+        return read_manifest(target)
     if target.is_dir():
         files = sorted(p for p in target.rglob("*") if p.suffix.lower() in MEDIA_EXTENSIONS and p.is_file())
         if not files:

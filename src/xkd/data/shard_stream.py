@@ -1,0 +1,128 @@
+"""Pretraining micro-batches drawn from shards with resampling: item ``m`` of :class:`ShardStream` is this rank's
+part of global micro-batch ``m``, a pure function of (seed, m, rank), so every rank runs the same number of steps
+whatever the shard sizes, and a resumed run continues the stream at the exact micro-batch.
+
+Global micro-batch ``m`` holds ``G = batch_size * world_size`` clips in windows of ``window`` consecutive samples of
+one shard: window ``k`` picks its shard with probability proportional to the shard's sample count and a uniform
+start, both drawn from ``(seed, m)``; clip ``i`` is sample ``start + i % window`` of window ``i // window`` (wrapping
+round the shard). Rank ``r`` takes clips ``[r * batch_size, (r + 1) * batch_size)``, so a run on N processes sees the
+clips a single process with N times the batch would see, as with files (:mod:`xkd.data.sampler`). A window is read
+in place, one open and a few seeks (:class:`~xkd.data.shard_reader.ShardSet`): reads stay sequential within a shard
+while every micro-batch mixes ``G / window`` draws of the corpus.
+
+Each clip is decoded and turned into views by the same code as a file (:class:`xkd.data.media.Decoding`, the
+dataset's transform), with its own generator seeded from ``(seed, m, i)``. Bad-media policy as in
+:class:`xkd.data.dataset.ClipDataset`: with ``bad_media="skip"`` a clip that raises
+:class:`~xkd.data.media.MediaError` is replaced by the next samples of its shard and recorded in the batch's ``bad``
+list (count them with :class:`~xkd.data.dataset.BadMediaReport`); ``"error"`` raises.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from xkd.data.dataset import Transform, collate_clips
+from xkd.data.decoded import row_bounds
+from xkd.data.manifest import row_from_record
+from xkd.data.media import Decoding, MediaBytes, MediaError, clip_starts
+from xkd.data.shard_reader import ShardSet
+
+log = logging.getLogger(__name__)
+
+
+class ShardStream(Dataset):
+    """``stream[m]``: this rank's collated part of global micro-batch ``m`` (``batch_size`` clips, see the module
+    docstring); the fields are the transform's plus ``index`` (the manifest row), ``start`` (s) and ``bad``."""
+
+    def __init__(
+        self,
+        shards: ShardSet,
+        clip_duration: float,
+        decoding: Decoding,
+        transform: Transform,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        window: int = 8,
+        seed: int = 0,
+        bad_media: str = "skip",
+        max_consecutive_bad: int = 50,
+    ):
+        if bad_media not in ("skip", "error"):
+            raise ValueError(f"bad_media must be 'skip' or 'error', got {bad_media!r}")
+        if min(batch_size, window, max_consecutive_bad, world_size) < 1 or not 0 <= rank < world_size:
+            raise ValueError("need batch_size, window, max_consecutive_bad >= 1 and 0 <= rank < world_size")
+        self.shards = shards
+        self.clip_duration = clip_duration
+        self.decoding = decoding
+        self.transform = transform
+        self.batch_size = batch_size
+        self.world_size = world_size
+        self.rank = rank
+        self.window = window
+        self.seed = seed
+        self.bad_media = bad_media
+        self.max_consecutive_bad = max_consecutive_bad
+        counts = np.asarray(shards.counts, dtype=np.float64)
+        self.weights = counts / counts.sum()
+        self._logged: set[str] = set()
+
+    def windows(self, m: int) -> list[tuple[int, int]]:
+        """(shard, start) of each window of global micro-batch ``m``."""
+        n = -(-self.batch_size * self.world_size // self.window)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 17, m]))
+        shards = rng.choice(len(self.weights), size=n, p=self.weights)
+        return [(int(k), int(rng.integers(self.shards.counts[k]))) for k in shards]
+
+    def __getitem__(self, m: int) -> dict[str, Any]:
+        if m < 0:
+            raise IndexError(f"micro-batch {m} < 0")
+        windows = self.windows(m)
+        first = self.rank * self.batch_size
+        clips = range(first, first + self.batch_size)
+        items: list[dict[str, Any]] = []
+        for k in sorted({i // self.window for i in clips}):  # the windows this rank reads, each in one pass
+            shard, start = windows[k]
+            mine = [i for i in clips if i // self.window == k]
+            read = self.shards.read(shard, [start + i % self.window for i in mine])
+            for i, (media, record) in zip(mine, read):
+                items.append(self._item(m, i, shard, start + i % self.window, media, record))
+        return collate_clips(items)
+
+    def _item(self, m: int, i: int, shard: int, position: int, media: MediaBytes, record: dict) -> dict[str, Any]:
+        """Clip ``i`` of micro-batch ``m``: the sample at ``position`` of ``shard``, or the first good one after it."""
+        state = np.random.SeedSequence([self.seed, 19, m, i]).generate_state(1, dtype=np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(state))
+        bad: list[tuple[str, str]] = []
+        for k in range(self.max_consecutive_bad):
+            if k:
+                (media, record), = self.shards.read(shard, [position + k])
+            row = row_from_record(record)
+            lo, end = row_bounds(row)
+            try:
+                span = self.decoding.span(media, lo, end)
+                offset = clip_starts(span, self.clip_duration, 1, "random", generator)[0]
+                clip = self.decoding.window(media, lo + offset, self.clip_duration)
+            except MediaError as e:
+                if self.bad_media == "error":
+                    raise
+                if e.path not in self._logged:
+                    self._logged.add(e.path)
+                    log.warning("skipping bad media %s (%s): %s", e.path, e.reason, e.message)
+                bad.append((e.path, e.reason))
+                continue
+            except Exception as e:
+                raise RuntimeError(f"loading {media.name} ({row.path}) failed: {type(e).__name__}: {e}") from e
+            try:
+                data = self.transform(clip, generator)
+            except Exception as e:
+                raise RuntimeError(f"transform of {media.name} ({row.path}) failed: {type(e).__name__}: {e}") from e
+            return {**data, "index": int(Path(media.name).stem), "start": clip.start, "bad": bad}
+        last = "; ".join(f"{p} ({reason})" for p, reason in bad[-5:])
+        raise RuntimeError(f"{len(bad)} consecutive bad samples in {self.shards.paths[shard]}; last: {last}")
