@@ -179,6 +179,7 @@ class RunConfig:
     epoch_size: int = 0  # samples per epoch; 0 = the manifest's size (rounded down to whole steps)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss stops the run, or skips the step and counts it
     peak_tflops: float = 0.0  # for MFU; 0 = measure this device's fp32 matmul peak at start
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate the model (ddp) or shard it (fsdp, FSDP2)
     threads: int = 0  # torch CPU threads; 0 = on CPU, the cores left beside data.num_workers (at least 1), on GPU torch's default
 
 

@@ -12,7 +12,8 @@ truncated, partial or corrupted file raises :class:`CheckpointError` and is neve
 against damage, not against a forged file; the ``weights_only`` loader is what refuses code.
 
 Run checkpoints live in ``<run_dir>/checkpoints/step_<step>.pt`` (:func:`checkpoint_path`); :func:`latest_checkpoint`
-returns the newest valid one.
+returns the newest valid one. Under FSDP the model and optimiser shards sit beside it in ``step_<step>.dcp/``
+(:mod:`xkd.engine.fsdp`), written before the ``.pt`` that names it, and pruned with it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import struct
 import uuid
 import warnings
@@ -171,6 +173,7 @@ def _prune(path: Path, keep_last: int) -> None:
     older = [p for step, p in _step_files(path.parent) if step < int(m.group(1))]
     for p in older[keep_last - 1 :]:
         p.unlink(missing_ok=True)
+        shutil.rmtree(p.with_suffix(".dcp"), ignore_errors=True)  # its sharded part, under run.strategy=fsdp
 
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any], keep_last: int = 0) -> Path:

@@ -21,7 +21,9 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from xkd.engine.flops import measure_matmul_peak
 
@@ -129,15 +131,23 @@ def apply_schedules(optimizer: torch.optim.Optimizer, lr: float, weight_decay: f
 def clip_per_parameter(params: Iterable[torch.Tensor], max_norm: float) -> torch.Tensor:
     """DINO-style clipping: each gradient ``g`` is scaled by ``min(1, max_norm / (||g|| + 1e-6))`` in place.
 
-    Only the given parameters are touched; those without a gradient are skipped. Returns the pre-clip norms,
-    ``[P]`` for the ``P`` parameters that had a gradient (an empty tensor if none), without a host sync.
+    Only the given parameters are touched; those without a gradient are skipped. Sharded gradients (DTensors, under
+    FSDP) are clipped by the norm of the whole parameter. Returns the pre-clip norms, ``[P]`` for the ``P``
+    parameters that had a gradient (an empty tensor if none), without a host sync.
     """
     if max_norm <= 0:
         raise ValueError(f"max_norm must be > 0, got {max_norm} (skip the call to disable clipping)")
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.empty(0)
-    norms = torch._foreach_norm(grads)
+    if isinstance(grads[0], DTensor):  # sharded (FSDP): each norm over the shards of every rank, one all-reduce
+        group = grads[0].device_mesh.get_group()
+        grads = [g.to_local() for g in grads]
+        squares = torch.stack([n.square() for n in torch._foreach_norm(grads)])
+        dist.all_reduce(squares, group=group)
+        norms = list(squares.sqrt().unbind())
+    else:
+        norms = torch._foreach_norm(grads)
     scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
     torch._foreach_mul_(grads, scales)
     return torch.stack([n.to(grads[0].device) for n in norms])

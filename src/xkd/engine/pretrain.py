@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from xkd.data.workers import threads_beside_workers
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from xkd.engine.flops import count_flops, measure_matmul_peak
+from xkd.engine.fsdp import full_state_dict, load_sharded, save_sharded, shard_model
 from xkd.engine.logger import RunLogger, plot_metrics
 from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_host
 from xkd.engine.optim import (amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler,
@@ -58,32 +60,37 @@ def mask_noise(cfg: PretrainConfig, model: XKD, micro_step: int, batch: int, dis
     return noise_v.to(dist_info.device), noise_a.to(dist_info.device)
 
 
-def weights_parts(model: XKD) -> dict[str, dict[str, torch.Tensor]]:
+def weights_parts(model: XKD, state: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """The clean weights of a model as named parts: ``{video,audio}_{student,teacher}`` (encoders),
-    ``..._head`` (projection heads) and ``{video,audio}_decoder``."""
-    parts: dict[str, dict[str, torch.Tensor]] = {}
+    ``..._head`` (projection heads) and ``{video,audio}_decoder``; cut from ``state`` (the model's full state dict,
+    default ``model.state_dict()``)."""
+    state = model.state_dict() if state is None else state
+    prefixes = {}
     for role, nets in (("student", model.student), ("teacher", model.teacher)):
         for name, net in nets.items():
-            parts[encoder_part(name, role)] = net.encoder.state_dict()
+            prefixes[encoder_part(name, role)] = f"{role}.{name}.encoder."
             if net.head is not None:
-                parts[head_part(name, role)] = net.head.state_dict()
-    for name, dec in model.decoder.items():
-        parts[decoder_part(name)] = dec.state_dict()
-    return parts
+                prefixes[head_part(name, role)] = f"{role}.{name}.head."
+    for name in model.decoder:
+        prefixes[decoder_part(name)] = f"decoder.{name}."
+    return {part: {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)} for part, pre in prefixes.items()}
 
 
-def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int, schedule_steps: int | None = None) -> Path:
-    """Write the clean weights with their metadata; ``schedule_steps`` (default ``step``) is the schedule's length,
-    so a reader can tell a run stopped early from a complete one."""
+def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int, schedule_steps: int | None = None,
+                      state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the clean weights (from ``state``, the full state dict, default the model's) with their metadata;
+    ``schedule_steps`` (default ``step``) is the schedule's length, so a reader can tell a run stopped early from a
+    complete one."""
     meta = weights_metadata(PRETRAIN_FORMAT, to_dict(cfg), method=cfg.method, step=str(step),
                             schedule_steps=str(step if schedule_steps is None else schedule_steps))
-    return save_weights(path, weights_parts(model), meta)
+    return save_weights(path, weights_parts(model, state), meta)
 
 
-def parameter_fingerprint(model: torch.nn.Module) -> str:
-    """A short hash of every parameter and buffer, to check that ranks (or runs) ended identical."""
+def parameter_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """A short hash of a full state dict (every parameter and buffer), to check that ranks (or runs) ended
+    identical."""
     digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
+    for name, tensor in state.items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -117,6 +124,9 @@ class Trainer:
         temps = None if schedules is None else {"video": schedules.video_teacher_temp,
                                                  "audio": schedules.audio_teacher_temp}
         self.model = XKD(cfg, temps).to(device)
+        self.sharded = cfg.run.strategy == "fsdp" and dist_info.world_size > 1
+        if self.sharded:
+            shard_model(self.model, device)  # before the optimiser is built: it holds the sharded parameters
         groups = param_groups(
             self.model.trainable_modules(),
             decay_embeddings=cfg.optim.decay_embeddings,
@@ -127,21 +137,38 @@ class Trainer:
         self.amp = resolve_amp(cfg.run.amp, device, cfg.run.force_amp)  # the precision this run computes in
         self.scaler = make_grad_scaler(self.amp, device)
         self.train_model: torch.nn.Module = self.model
-        if dist_info.world_size > 1:
+        if dist_info.world_size > 1 and not self.sharded:
             self.train_model = DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
             )
         self.step_flops: int | None = None  # FLOPs of one optimiser step, counted on the first step
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, sharded_folder: Path | None = None) -> dict[str, Any]:
+        """The training state for a run checkpoint. Sharded (FSDP): the model and the optimiser are written to
+        ``sharded_folder`` by every rank (a collective call), and the dict names that folder instead."""
+        if self.sharded:
+            save_sharded(sharded_folder, self.model, self.optimizer)
+            return {"sharded": sharded_folder.name, "scaler": self.scaler.state_dict()}
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, state: dict[str, Any], folder: Path | None = None) -> None:
+        """Restore a :meth:`state_dict` (``folder``: where the checkpoint lies, for its sharded part)."""
+        if self.sharded != ("sharded" in state):
+            written, now = ("fsdp", "ddp") if "sharded" in state else ("ddp", "fsdp")
+            raise ValueError(f"the checkpoint was written with run.strategy={written}; this run uses {now} "
+                             f"(resume with run.strategy={written})")
+        if self.sharded:
+            load_sharded(folder / state["sharded"], self.model, self.optimizer)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"]:  # empty when saved by a run without fp16 loss scaling
             self.scaler.load_state_dict(state["scaler"])
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's whole state dict, full tensors (a collective call when sharded)."""
+        return full_state_dict(self.model) if self.sharded else self.model.state_dict()
 
     def _forward_backward(self, batch: dict, step: int, micro: int) -> dict:
         cfg, device = self.cfg, self.dist.device
@@ -150,7 +177,9 @@ class Trainer:
         audio = [a.to(device, non_blocking=True) for a in batch["audio"]]
         noise = mask_noise(cfg, self.model, step * accum + micro, frames[0].shape[0], self.dist)
         last = micro == accum - 1
-        sync = nullcontext() if last or self.dist.world_size == 1 else self.train_model.no_sync()
+        if self.sharded:  # gradients are reduce-scattered on the last micro-batch only
+            self.model.set_requires_gradient_sync(last)
+        sync = nullcontext() if last or self.dist.world_size == 1 or self.sharded else self.train_model.no_sync()
         with sync:
             with amp_context(device, self.amp):
                 loss, terms = self.train_model(frames, audio, step, noise)
@@ -245,7 +274,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
         dump_config(cfg, out_dir / "config.yaml")
         # temporary files of writes a crash interrupted (never read: a checkpoint only exists once renamed)
         for stale in [*out_dir.glob(f".{WEIGHTS_FILE}.*.tmp"), *(out_dir / ckpt.CHECKPOINT_DIR).glob(".step_*.tmp")]:
-            stale.unlink(missing_ok=True)
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
 
     # ---------------------------------------------------------------- data
     batches_of = PretrainBatches(cfg, dist_info.world_size, dist_info.rank)
@@ -265,7 +294,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     skipped = 0
     if resume and previous is not None:
         state = ckpt.load_checkpoint(previous, map_location=device)
-        trainer.load_state_dict(state)
+        trainer.load_state_dict(state, previous.parent)
         ckpt.restore_rng_state(state["rng"])
         step = int(state["step"])
         skipped = int(state.get("skipped_steps", 0))
@@ -276,9 +305,12 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     logger = RunLogger(out_dir, dist_info.is_main, start_step=step + 1 if step else 0)
 
     def save(at_step: int) -> None:
+        path = ckpt.checkpoint_path(out_dir, at_step)
+        training = trainer.state_dict(path.with_suffix(".dcp"))  # every rank writes its shards under fsdp
+        weights = trainer.full_state_dict()
         if dist_info.is_main:
             state = {
-                **trainer.state_dict(),
+                **training,
                 "step": at_step,
                 "config": to_dict(cfg),
                 "rng": ckpt.capture_rng_state(),
@@ -286,8 +318,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 "bad_media": [list(e) for e in bad.files.items()],
                 "xkd_version": __version__,
             }
-            ckpt.save_checkpoint(ckpt.checkpoint_path(out_dir, at_step), state, keep_last=run.keep_checkpoints)
-            save_weights_file(model, cfg, out_dir / WEIGHTS_FILE, at_step, full_steps)
+            ckpt.save_checkpoint(path, state, keep_last=run.keep_checkpoints)
+            save_weights_file(model, cfg, out_dir / WEIGHTS_FILE, at_step, full_steps, weights)
         barrier()
 
     # --------------------------------------------------------------- loop
@@ -350,7 +382,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     bar.close()
     save(step)
     logger.close()
-    fingerprints = gather_objects(parameter_fingerprint(model))
+    fingerprints = gather_objects(parameter_fingerprint(trainer.full_state_dict()))
     if len(set(fingerprints)) > 1:
         log.warning("ranks ended with different parameters: %s", fingerprints)
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 
 def teacher_from_student(student: nn.Module) -> nn.Module:
@@ -55,6 +56,11 @@ def ema_update_pairs(
         _ema_update(teacher, student, m, skip=done if update_shared_once else set())
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A sharded parameter's local shard (teacher and student are sharded alike, see xkd.engine.fsdp); else ``t``."""
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
 def _ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip: set[int]) -> None:
     """Shared body of the EMA functions; adds the id of every visited teacher parameter to ``skip``."""
     if not 0.0 <= momentum <= 1.0:
@@ -70,7 +76,7 @@ def _ema_update(teacher: nn.Module, student: nn.Module, momentum: float, skip: s
         if id(t) in skip:
             continue
         skip.add(id(t))
-        targets.append(t)
-        sources.append(s.detach().to(t.dtype))
+        targets.append(_local(t))
+        sources.append(_local(s.detach()).to(t.dtype))
     if momentum != 1.0 and targets:
         torch._foreach_lerp_(targets, sources, 1.0 - momentum)  # one multi-tensor kernel, not one call per tensor
