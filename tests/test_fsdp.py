@@ -1,5 +1,5 @@
-"""run.strategy=fsdp under torchrun (2 processes, gloo on CPU): the same steps as DDP, exact resume from sharded
-checkpoints, and a clear error when a run is resumed under the other strategy."""
+"""run.strategy=fsdp under torchrun (2 processes, gloo on CPU), reading WebDataset shards: the same steps as DDP,
+exact resume from sharded checkpoints, and a clear error when a run is resumed under the other strategy."""
 
 import os
 import subprocess
@@ -9,13 +9,15 @@ import pytest
 import torch
 
 from test_pretrain import CONFIG, TINY, weights
+from xkd.data.manifest import read_manifest
+from xkd.datasets.shards import shard_manifest
 from xkd.engine.logger import read_metrics
 
 
-def torchrun(manifest, out, *extra, steps=5, resume=False):
+def torchrun(shards, out, *extra, steps=5, resume=False):
     # clip_grad 0.01 clips every gradient, accum_steps 2 accumulates, EMA momentum 0.5 moves the teachers far: each
     # path that differs under sharding changes the weights beyond the tolerance if it goes wrong
-    sets = [f"data.manifest={manifest}", *TINY, "optim.clip_grad=0.01", "optim.accum_steps=2", "data.batch_size=2",
+    sets = [f"data.shards={shards}", *TINY, "optim.clip_grad=0.01", "optim.accum_steps=2", "data.batch_size=2",
             "loss.ema_start=0.5", "loss.ema_end=0.5", "run.checkpoint_every=2", *extra]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "xkd", "pretrain", "--config", str(CONFIG), *[a for s in sets for a in ("--set", s)],
@@ -28,13 +30,20 @@ def ok(done):
 
 
 @pytest.fixture(scope="module")
-def runs(avdigits_tiny, tmp_path_factory):
+def shards(avdigits_tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    shard_manifest(read_manifest(avdigits_tiny).filter(split="train"), out, shard_size=6, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(shards, tmp_path_factory):
     """Five steps under ddp and under fsdp, and an fsdp run stopped at step 3 then resumed to step 5."""
     out = tmp_path_factory.mktemp("fsdp")
-    ok(torchrun(avdigits_tiny, out / "ddp"))
-    ok(torchrun(avdigits_tiny, out / "fsdp", "run.strategy=fsdp"))
-    ok(torchrun(avdigits_tiny, out / "split", "run.strategy=fsdp", steps=3))
-    ok(torchrun(avdigits_tiny, out / "split", "run.strategy=fsdp", resume=True))
+    ok(torchrun(shards, out / "ddp"))
+    ok(torchrun(shards, out / "fsdp", "run.strategy=fsdp"))
+    ok(torchrun(shards, out / "split", "run.strategy=fsdp", steps=3))
+    ok(torchrun(shards, out / "split", "run.strategy=fsdp", resume=True))
     return out
 
 
@@ -65,6 +74,6 @@ def test_a_resumed_fsdp_run_equals_an_uninterrupted_one(runs):
                            "step_000000004.dcp", "step_000000004.pt", "step_000000005.dcp", "step_000000005.pt"][2:]
 
 
-def test_resuming_under_the_other_strategy_is_refused(runs, avdigits_tiny):
-    done = torchrun(avdigits_tiny, runs / "ddp", "run.strategy=fsdp", steps=6, resume=True)
+def test_resuming_under_the_other_strategy_is_refused(runs, shards):
+    done = torchrun(shards, runs / "ddp", "run.strategy=fsdp", steps=6, resume=True)
     assert done.returncode != 0 and "written with run.strategy=ddp" in done.stderr
