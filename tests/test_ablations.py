@@ -35,6 +35,14 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
     assert main(args) == 0
     assert json.loads((out / "timings.json").read_text()) == before
 
+    # scored on the val split: the runs are reused, the evaluation is redone on the val split
+    trained = (out / "xkd" / "seed0" / "weights.safetensors").stat().st_mtime_ns
+    assert main([*args, "--split", "val", "--variants", "ae", "xkd"]) == 0
+    assert (out / "xkd" / "seed0" / "weights.safetensors").stat().st_mtime_ns == trained
+    assert json.loads((out / "results.json").read_text())["split"] == "val"
+    assert "val split" in (out / "table.md").read_text()
+    assert json.loads((out / "eval_seed0.json").read_text())["split"] == "val"
+
 
 def test_table_reports_mean_and_sample_std_over_seeds():
     def result(top1, C):

@@ -122,10 +122,11 @@ def run_ablations(
     workers: int = 2,
     train_clips: int = 1,
     overrides: list[str] | None = None,
+    split: str = "test",
     progress: bool = True,
 ) -> Path:
     """Run the grid into ``out`` and return the path of ``table.md``; ``overrides`` (``key=value``) apply to every
-    run, before each variant's own."""
+    run, before each variant's own; ``split`` is the split scored ("test", or "val" to choose a recipe)."""
     from xkd.api import baseline_seed, random_encoders
     from xkd.datasets.avdigits import prepare_avdigits
     from xkd.demo import cpu_recipe
@@ -141,7 +142,7 @@ def run_ablations(
     manifest = Path(data_dir) / "manifest.csv"
     if not manifest.is_file():
         manifest = prepare_avdigits(data_dir, workers=max(workers, 1), progress=progress)
-    tasks = tasks_for(f"av-digits:{data_dir}")
+    tasks = tasks_for(f"av-digits:{data_dir}", split=split)
     task_names = [t.name for t in tasks]
 
     per_seed: dict[int, dict[str, dict]] = {}
@@ -150,7 +151,8 @@ def run_ablations(
                   f"run.log_every={max(1, min(10, steps // 10))}", *(overrides or [])]
         seed_file = out / f"eval_seed{seed}.json"
         done = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
-        if (done.get("steps"), done.get("train_clips"), done.get("protocol")) == (steps, train_clips, PROTOCOL) and all(
+        key = (steps, train_clips, PROTOCOL, split)
+        if (done.get("steps"), done.get("train_clips"), done.get("protocol"), done.get("split", "test")) == key and all(
                 f"{v.name}/student" in done["results"] for v in chosen):
             per_seed[seed] = done["results"]
             continue
@@ -170,12 +172,14 @@ def run_ablations(
         compact = {m: {t: {"top1": r["summary"]["top1"]["mean"], "hparams": r["hparams"], "at_edge": r["at_edge"]}
                        for t, r in res.items()} for m, res in results.items()}
         seed_file.write_text(json.dumps({"steps": steps, "train_clips": train_clips, "protocol": PROTOCOL,
-                                         "baseline_seed": baseline_seed(seed), "results": compact}, indent=2))
+                                         "split": split, "baseline_seed": baseline_seed(seed), "results": compact},
+                                        indent=2))
         per_seed[seed] = compact
 
     text = table(per_seed, chosen, task_names)
     summary = {
         "steps": steps,
+        "split": split,
         "seeds": list(seeds),
         "baseline_seeds": [baseline_seed(s) for s in seeds],
         "overrides": list(overrides or []),
@@ -189,9 +193,10 @@ def run_ablations(
     path = out / "table.md"
     every_run = f" (every run with {', '.join(overrides)})" if overrides else ""
     path.write_text(
-        f"{text}\n\nAV-Digits, a complete {steps}-step schedule of the CPU recipes per run{every_run}; ridge classifier "
+        f"{text}\n\nAV-Digits ({data_dir}), {split} split, a complete {steps}-step schedule of the CPU recipes per "
+        f"run{every_run}; ridge classifier "
         f"on frozen, standardised features (alpha chosen on a validation split carved from train, {train_clips} clean "
-        "training clip(s) per video); audio tasks are leave-one-voice-out (mean over the 5 voices per seed). The "
+        "training clip(s) per video); audio tasks are leave-one-voice-out (mean over the held-out voices per seed). The "
         f"random-init encoder of seed k is built from seed k + {BASELINE_SEED_OFFSET}. Chance: 10% digit, 12.5% "
         "motion.\n"
     )

@@ -102,7 +102,7 @@ def _cmd_ablations(args) -> int:
 
     path = run_ablations(args.out, data_dir=args.data, steps=args.steps, seeds=tuple(args.seeds),
                          variants=args.variants, workers=args.workers, train_clips=args.train_clips,
-                         overrides=args.set, progress=not args.no_progress)
+                         overrides=args.set, split=args.split, progress=not args.no_progress)
     print(path.read_text())
     print(f"table: {path}")
     return 0
@@ -133,6 +133,8 @@ def _ablations_parser(sub) -> None:
                    help="classifier training clips per video (AV-Digits clips are whole videos: more clips repeat the view)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key in every run (repeatable)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="the split scored: test, or val (carved from train; for choosing a recipe)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_ablations)
 
