@@ -3,6 +3,7 @@ samples, resume), and pretraining from shards under one process, on resume and u
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -16,7 +17,7 @@ from xkd.config import PretrainConfig, load_config
 from xkd.data.manifest import Manifest, ManifestRow, read_manifest, row_record
 from xkd.data.media import Decoding, MediaError
 from xkd.data.pretrain_batches import PretrainBatches
-from xkd.data.shard_reader import ShardSet, ShardSetError
+from xkd.data.shard_reader import Member, ShardSet, ShardSetError, scan_members
 from xkd.data.shard_stream import ShardStream
 from xkd.datasets.shards import shard_manifest
 from xkd.engine.pretrain import pretrain
@@ -64,7 +65,18 @@ def test_shard_set_errors_name_what_is_wrong(shards, tmp_path):
         (broken / f.name).write_bytes(f.read_bytes())
     (broken / "shard-000000.tar").write_bytes(b"not a tar" * 100)
     with pytest.raises(ShardSetError, match="cannot read the tar"):
-        ShardSet(broken).members(0)
+        scan_members(broken / "shard-000000.tar")
+
+
+def test_member_tables_come_from_the_records_or_else_the_tar(shards, tmp_path):
+    record = json.loads((shards / "shard-000001.json").read_text())
+    listed = [Member(k, s, (a, b), (c, d)) for k, s, a, b, c, d in record["members"]]
+    assert listed == scan_members(shards / "shard-000001.tar")  # the writer lists what the tar holds
+    older = tmp_path / "older"
+    shutil.copytree(shards, older)
+    del record["members"]  # a shard written without the list is scanned
+    (older / "shard-000001.json").write_text(json.dumps(record))
+    assert ShardSet(older).read(1, [0, 3]) == ShardSet(shards).read(1, [0, 3])
 
 
 def stream(folder, batch, world=1, rank=0, **kw):

@@ -3,8 +3,9 @@ samples each holds, and any run of consecutive samples of a shard, read in place
 
 A shard set is given as the shard folder (its ``index.json`` lists the shards) or as a brace pattern such as
 ``/data/k400/shard-{000000..000239}.tar`` (each shard's count is then read from the ``.json`` written beside it).
-A shard's member table (key, then offset and size of the media and of the row) is read once per process from the tar
-headers, so a window of samples costs one open and a few seeks, with no pass over the samples before it.
+A shard's member table (key, then offset and size of the media and of the row) is read once per process from the
+shard's ``.json`` record (the writer lists it there; the tar headers are scanned for a shard without one), so a
+window of samples costs one open and a few seeks, with no pass over the samples before it.
 
 Evaluation reads shards as a manifest (:func:`xkd.data.manifest.read_manifest` of a shard folder): each row's path
 is then a member path ``<shard>.tar/<key>.<suffix>`` that :func:`read_member` reads in place.
@@ -136,10 +137,8 @@ def _read_sample(fh: BinaryIO, path: Path, member: Member) -> tuple[MediaBytes, 
     return MediaBytes(f"{path.name}/{member.key}.{member.suffix}", fh.read(member.media[1])), record
 
 
-@lru_cache(maxsize=256)
-def member_table(path: Path) -> dict[str, Member]:
-    """Key -> :class:`Member` of the tar ``path``, in the order written (read from the tar headers once per
-    process)."""
+def scan_members(path: Path) -> list[Member]:
+    """The samples of the tar ``path`` in the order written, read from its headers (one seek per member)."""
     parts: dict[str, dict[str, tuple[int, int]]] = {}
     try:
         with tarfile.open(path) as tar:
@@ -148,13 +147,27 @@ def member_table(path: Path) -> dict[str, Member]:
                 parts.setdefault(key, {})[suffix] = (info.offset_data, info.size)
     except (OSError, tarfile.TarError) as err:
         raise ShardSetError(f"{path}: cannot read the tar: {err}") from None
-    table = {}
+    members = []
     for key, files in parts.items():
         media = [s for s in files if s != "json"]
         if "json" not in files or len(media) != 1:
             raise ShardSetError(f"{path}: sample {key} holds {sorted(files)}, expected one media file and json")
-        table[key] = Member(key, media[0], files[media[0]], files["json"])
-    return table
+        members.append(Member(key, media[0], files[media[0]], files["json"]))
+    return members
+
+
+@lru_cache(maxsize=256)
+def member_table(path: Path) -> dict[str, Member]:
+    """Key -> :class:`Member` of the tar ``path``, in the order written: from the member list its ``.json`` record
+    holds (one small read), else from the tar headers; cached per process."""
+    record = path.with_suffix(".json")
+    listed = json.loads(record.read_text()).get("members") if record.is_file() else None
+    if listed is None:
+        members = scan_members(path)
+    else:
+        members = [Member(key, suffix, (media, media_size), (row, row_size))
+                   for key, suffix, media, media_size, row, row_size in listed]
+    return {m.key: m for m in members}
 
 
 def is_member_path(path: Path) -> bool:

@@ -9,7 +9,9 @@ before they are cut into shards of ``shard_size`` rows, so every shard mixes the
 Layout of the output folder::
 
     shard-000000.tar ...    the shards (member times fixed at 0, so a shard's bytes depend only on its samples)
-    shard-000000.json ...   per shard: samples written, samples per manifest split, the files left out with reasons
+    shard-000000.json ...   per shard: samples written, samples per manifest split, the files left out with reasons,
+                            and "members": [key, suffix, media offset, media size, row offset, row size] per sample
+                            (readers seek to a sample without scanning the tar)
     index.json              {"format", "manifest_sha256", "seed", "shard_size", "rows", "shards": [{"name",
                             "samples"}], "samples", "splits": {split: samples}, "bad": [{"row", "path", "reason"}]}
 
@@ -35,7 +37,7 @@ from tqdm import tqdm
 
 from xkd.data.manifest import Manifest, row_record
 from xkd.data.media import MediaError, probe
-from xkd.data.shard_reader import FORMAT, INDEX_FILE, shard_name
+from xkd.data.shard_reader import FORMAT, INDEX_FILE, scan_members, shard_name
 
 def manifest_digest(manifest: Manifest) -> str:
     """sha256 of the manifest's rows, in order (their records as JSON)."""
@@ -81,8 +83,10 @@ def _write_shard(manifest: Manifest, rows: np.ndarray, path: Path) -> dict[str, 
         sink.close()
         stream.flush()
         os.fsync(stream.fileno())
+    members = [[m.key, m.suffix, *m.media, *m.row] for m in scan_members(tmp)]
     tmp.replace(path)
-    record = {"name": path.name, "samples": sum(splits.values()), "splits": dict(splits), "bad": bad}
+    record = {"name": path.name, "samples": sum(splits.values()), "splits": dict(splits), "bad": bad,
+              "members": members}
     path.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return record
 
