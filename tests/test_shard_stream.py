@@ -184,6 +184,7 @@ def test_torchrun_from_shards_equals_one_process(shards, tmp_path):
            "--max-steps", "2", "--no-progress"]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done: 2 steps") == 1  # one summary line for the job, from rank 0
     a, _ = weights(tmp_path / "single" / "weights.safetensors")
     b, _ = weights(Path(tmp_path / "ddp" / "weights.safetensors"))
     for k in a:

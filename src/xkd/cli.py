@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def _cmd_pretrain(args) -> int:
     final = ", ".join(f"{k} {v:.4f}" for k, v in summary["final"].items() if k in ("loss", "ae", "kd", "da"))
     early = (f", STOPPED EARLY at step {summary['steps']} of the {summary['schedule_steps']}-step schedule"
              if summary["stopped_early"] else "")
-    print(f"done: {summary['steps']} steps{early} ({final}); weights: {summary['weights']}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the job, not one per process
+        print(f"done: {summary['steps']} steps{early} ({final}); weights: {summary['weights']}")
     return 0
 
 
