@@ -49,6 +49,26 @@ log = logging.getLogger(__name__)
 Transform = Callable[[Clip, torch.Generator], dict[str, Any]]
 
 
+class BadMediaPolicy:
+    """What a dataset does with a :class:`MediaError` (``bad_media``, see the module docstring): ``"error"`` raises
+    it; ``"skip"`` logs the file once per process and hands back ``(path, reason)`` for the item's ``bad`` list."""
+
+    def __init__(self, mode: str):
+        if mode not in ("skip", "error"):
+            raise ValueError(f"bad_media must be 'skip' or 'error', got {mode!r}")
+        self.mode = mode
+        self._logged: set[str] = set()  # files already logged as bad by this process
+
+    def skipped(self, error: MediaError) -> tuple[str, str]:
+        """``(path, reason)`` of a skipped file; raises ``error`` under ``"error"``."""
+        if self.mode == "error":
+            raise error
+        if error.path not in self._logged:
+            self._logged.add(error.path)
+            log.warning("skipping bad media %s (%s): %s", error.path, error.reason, error.message)
+        return error.path, error.reason
+
+
 class ClipDataset(Dataset):
     """Clips of ``clip_duration`` s: video uint8 ``[T, H, W, 3]`` at ``fps``, audio float32 ``[S]`` at ``sample_rate``.
 
@@ -77,8 +97,6 @@ class ClipDataset(Dataset):
     ):
         if missing_audio not in ("skip", "silence"):
             raise ValueError(f"missing_audio must be 'skip' or 'silence', got {missing_audio!r}")
-        if bad_media not in ("skip", "error"):
-            raise ValueError(f"bad_media must be 'skip' or 'error', got {bad_media!r}")
         if clip_sampling not in ("random", "uniform"):
             raise ValueError(f"clip_sampling must be 'random' or 'uniform', got {clip_sampling!r}")
         if not (need_video or need_audio):
@@ -95,7 +113,7 @@ class ClipDataset(Dataset):
         self.need_video = need_video
         self.need_audio = need_audio
         self.missing_audio = missing_audio
-        self.bad_media = bad_media
+        self.bad_media = BadMediaPolicy(bad_media)
         self.clips_per_video = clips_per_video
         self.clip_sampling = clip_sampling
         self.transform = transform
@@ -106,7 +124,6 @@ class ClipDataset(Dataset):
         self.decoding = Decoding(fps, short_side, sample_rate, need_video, need_audio, missing)
         self.decoded = DecodedClips(decoded_cache, self.decoding) if decoded_cache else None
         self._spans: dict[int, float] = {}  # row -> seconds of its span (per process cache)
-        self._logged: set[str] = set()  # files already logged as bad by this process
 
     def __len__(self) -> int:
         return len(self.manifest) * self.clips_per_video
@@ -133,10 +150,7 @@ class ClipDataset(Dataset):
             try:
                 clip = self._decode(r, clip_no, generator)
             except MediaError as e:
-                if self.bad_media == "error":
-                    raise
-                self._note_bad(e)
-                bad.append((e.path, e.reason))
+                bad.append(self.bad_media.skipped(e))
                 continue
             except Exception as e:
                 raise RuntimeError(f"loading {path} (manifest row {r}) failed: {type(e).__name__}: {e}") from e
@@ -179,10 +193,6 @@ class ClipDataset(Dataset):
             out["audio"] = clip.audio
         return out
 
-    def _note_bad(self, error: MediaError) -> None:
-        if error.path not in self._logged:
-            self._logged.add(error.path)
-            log.warning("skipping bad media %s (%s): %s", error.path, error.reason, error.message)
 
 
 def _stack(values: list, key: str):

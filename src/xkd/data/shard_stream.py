@@ -11,15 +11,14 @@ in place, one open and a few seeks (:class:`~xkd.data.shard_reader.ShardSet`): r
 while every micro-batch mixes ``G / window`` draws of the corpus.
 
 Each clip is decoded and turned into views by the same code as a file (:class:`xkd.data.media.Decoding`, the
-dataset's transform), with its own generator seeded from ``(seed, m, i)``. Bad-media policy as in
-:class:`xkd.data.dataset.ClipDataset`: with ``bad_media="skip"`` a clip that raises
+dataset's transform; a sample's span is probed once per process), with its own generator seeded from ``(seed, m,
+i)``. Bad-media policy as for files (:class:`xkd.data.dataset.BadMediaPolicy`): with ``bad_media="skip"`` a clip that raises
 :class:`~xkd.data.media.MediaError` is replaced by the next samples of its shard and recorded in the batch's ``bad``
 list (count them with :class:`~xkd.data.dataset.BadMediaReport`); ``"error"`` raises.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +26,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from xkd.data.dataset import Transform, collate_clips
+from xkd.data.dataset import BadMediaPolicy, Transform, collate_clips
 from xkd.data.decoded import row_bounds
 from xkd.data.manifest import row_from_record
 from xkd.data.media import Decoding, MediaBytes, MediaError, clip_starts
 from xkd.data.shard_reader import ShardSet
-
-log = logging.getLogger(__name__)
 
 
 class ShardStream(Dataset):
@@ -54,8 +51,6 @@ class ShardStream(Dataset):
         bad_media: str = "skip",
         max_consecutive_bad: int = 50,
     ):
-        if bad_media not in ("skip", "error"):
-            raise ValueError(f"bad_media must be 'skip' or 'error', got {bad_media!r}")
         if min(batch_size, window, max_consecutive_bad, world_size) < 1 or not 0 <= rank < world_size:
             raise ValueError("need batch_size, window, max_consecutive_bad >= 1 and 0 <= rank < world_size")
         self.shards = shards
@@ -67,11 +62,11 @@ class ShardStream(Dataset):
         self.rank = rank
         self.window = window
         self.seed = seed
-        self.bad_media = bad_media
+        self.bad_media = BadMediaPolicy(bad_media)
         self.max_consecutive_bad = max_consecutive_bad
         counts = np.asarray(shards.counts, dtype=np.float64)
         self.weights = counts / counts.sum()
-        self._logged: set[str] = set()
+        self._spans: dict[str, float] = {}  # sample -> seconds of its span (per process, as for files)
 
     def windows(self, m: int) -> list[tuple[int, int]]:
         """(shard, start) of each window of global micro-batch ``m``."""
@@ -106,16 +101,13 @@ class ShardStream(Dataset):
             row = row_from_record(record)
             lo, end = row_bounds(row)
             try:
-                span = self.decoding.span(media, lo, end)
+                if media.name not in self._spans:
+                    self._spans[media.name] = self.decoding.span(media, lo, end)
+                span = self._spans[media.name]
                 offset = clip_starts(span, self.clip_duration, 1, "random", generator)[0]
                 clip = self.decoding.window(media, lo + offset, self.clip_duration)
             except MediaError as e:
-                if self.bad_media == "error":
-                    raise
-                if e.path not in self._logged:
-                    self._logged.add(e.path)
-                    log.warning("skipping bad media %s (%s): %s", e.path, e.reason, e.message)
-                bad.append((e.path, e.reason))
+                bad.append(self.bad_media.skipped(e))
                 continue
             except Exception as e:
                 raise RuntimeError(f"loading {media.name} ({row.path}) failed: {type(e).__name__}: {e}") from e
