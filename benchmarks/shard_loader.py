@@ -2,7 +2,8 @@
 
     python benchmarks/shard_loader.py                                  # AV-Digits v2 and the 720p file, 0 1 2 workers
     python benchmarks/shard_loader.py --sources hd --rows 32 --workers 1 2 --batches 10
-    python benchmarks/shard_loader.py --config configs/pretrain/xkd_kinetics400.yaml --sources hd --set data.batch_size=8
+    python benchmarks/shard_loader.py --config configs/pretrain/xkd_kinetics400.yaml --sources hd \\
+        --set data.batch_size=8
 
 Sources, as in benchmarks/data_pipeline.py:
 - ``config``: the rows of the config's manifest and split (AV-Digits v2 with the default config);

@@ -57,6 +57,8 @@ def test_shard_set_reads_counts_members_and_bytes(shards, avdigits_tiny):
 def test_shard_set_errors_name_what_is_wrong(shards, tmp_path):
     with pytest.raises(ShardSetError, match="no such file"):
         ShardSet(tmp_path)  # a folder without index.json
+    with pytest.raises(ShardSetError, match="no such shard folder or file"):
+        ShardSet(tmp_path / "nowhere")
     with pytest.raises(ShardSetError, match="1 of 2 shards missing"):
         ShardSet(str(shards / "shard-{000000,000099}.tar"))
     broken = tmp_path / "broken"

@@ -194,10 +194,9 @@ def run_ablations(
     every_run = f" (every run with {', '.join(overrides)})" if overrides else ""
     path.write_text(
         f"{text}\n\nAV-Digits ({data_dir}), {split} split, a complete {steps}-step schedule of the CPU recipes per "
-        f"run{every_run}; ridge classifier "
-        f"on frozen, standardised features (alpha chosen on a validation split carved from train, {train_clips} clean "
-        "training clip(s) per video); audio tasks are leave-one-voice-out (mean over the held-out voices per seed). The "
-        f"random-init encoder of seed k is built from seed k + {BASELINE_SEED_OFFSET}. Chance: 10% digit, 12.5% "
-        "motion.\n"
+        f"run{every_run}; ridge classifier on frozen, standardised features (alpha chosen on a validation split "
+        f"carved from train, {train_clips} clean training clip(s) per video); audio tasks are leave-one-voice-out "
+        "(mean over the held-out voices per seed). The random-init encoder of seed k is built from seed k + "
+        f"{BASELINE_SEED_OFFSET}. Chance: 10% digit, 12.5% motion.\n"
     )
     return path

@@ -16,7 +16,6 @@ import logging
 from torch.utils.data import DataLoader
 
 from xkd.config import PretrainConfig
-from xkd.data import logmel as mel_front_end
 from xkd.data.dataset import collate_clips
 from xkd.data.media import Decoding
 from xkd.data.sampler import StepBatchSampler, steps_per_epoch
@@ -45,9 +44,8 @@ class PretrainBatches:
             shards.check_split(d.split)
             missing = "silence" if d.missing_audio == "silence" else "error"
             decoding = Decoding(d.video_fps, d.resize_short, d.logmel.sample_rate, missing_audio=missing)
-            self.stream = ShardStream(shards, d.clip_duration, decoding, PretrainViews(d, mel_front_end.LogMel(d.logmel)),
-                                      d.batch_size, world_size, rank, window=d.shard_window, seed=cfg.run.seed,
-                                      bad_media=d.bad_media)
+            self.stream = ShardStream(shards, d.clip_duration, decoding, PretrainViews(d), d.batch_size, world_size,
+                                      rank, window=d.shard_window, seed=cfg.run.seed, bad_media=d.bad_media)
             self.sampler = None
             self.steps_per_epoch = steps_per_epoch(cfg.run.epoch_size or shards.samples, d.batch_size, world_size,
                                                    accum)

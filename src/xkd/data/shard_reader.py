@@ -77,6 +77,9 @@ class ShardSet:
             _check_present(self.paths)
             self.counts = [int(s["samples"]) for s in index["shards"]]
             self.splits = index.get("splits")
+        elif "{" not in spec and not folder.is_file():
+            raise ShardSetError(f"{spec}: no such shard folder or file (a folder of `xkd data shard`, or a brace "
+                                "pattern such as DIR/shard-{000000..000009}.tar)")
         else:
             self.paths = [Path(p) for p in braceexpand(spec)]
             if len(self.paths) != len(set(self.paths)) or spec.endswith("/"):

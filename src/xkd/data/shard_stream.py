@@ -12,9 +12,9 @@ while every micro-batch mixes ``G / window`` draws of the corpus.
 
 Each clip is decoded and turned into views by the same code as a file (:class:`xkd.data.media.Decoding`, the
 dataset's transform; a sample's span is probed once per process), with its own generator seeded from ``(seed, m,
-i)``. Bad-media policy as for files (:class:`xkd.data.dataset.BadMediaPolicy`): with ``bad_media="skip"`` a clip that raises
-:class:`~xkd.data.media.MediaError` is replaced by the next samples of its shard and recorded in the batch's ``bad``
-list (count them with :class:`~xkd.data.dataset.BadMediaReport`); ``"error"`` raises.
+i)``. Bad-media policy as for files (:class:`xkd.data.dataset.BadMediaPolicy`): with ``bad_media="skip"`` a
+clip that raises :class:`~xkd.data.media.MediaError` is replaced by the next samples of its shard and recorded in the
+batch's ``bad`` list (count them with :class:`~xkd.data.dataset.BadMediaReport`); ``"error"`` raises.
 """
 
 from __future__ import annotations

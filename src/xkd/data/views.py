@@ -31,9 +31,11 @@ class PretrainViews:
       ``T // temporal_ratio`` contiguous frames of the clip (not of the global view); ``data.num_local_views`` of them;
     - audio[0]: [1, F, T_a], the whole window (``data.audio_global``);
     - audio[1]: [1, F, t_a], a short segment (``data.audio_local``).
+    ``logmel``: the log-mel front end (default: the one ``data.logmel`` describes).
     """
 
-    def __init__(self, data: DataConfig, logmel: LogMel):
+    def __init__(self, data: DataConfig, logmel: LogMel | None = None):
+        logmel = logmel if logmel is not None else mel_front_end.LogMel(data.logmel)
         self.temporal_ratio = data.temporal_ratio
         self.num_local_views = data.num_local_views
         self.video_global = VideoView(data.video_global, data.video_mean, data.video_std)
@@ -121,7 +123,7 @@ def pretrain_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDa
         rows = rows.filter(split=d.split)
         if not len(rows):
             raise ValueError(f"{path}: no rows of split '{d.split}' (set data.split='' to use every row)")
-    views = PretrainViews(d, mel_front_end.LogMel(d.logmel))
+    views = PretrainViews(d)
     return ClipDataset(
         rows,
         clip_duration=d.clip_duration,
