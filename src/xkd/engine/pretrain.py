@@ -304,7 +304,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
     # Rows are logged under the number of steps done (1-based): keep the rows of the steps the checkpoint holds.
     logger = RunLogger(out_dir, dist_info.is_main, start_step=step + 1 if step else 0)
 
-    def save(at_step: int) -> None:
+    def save(at_step: int) -> dict[str, torch.Tensor]:
+        """Write the run checkpoint and the weights file of ``at_step``; returns the full state dict written."""
         path = ckpt.checkpoint_path(out_dir, at_step)
         training = trainer.state_dict(path.with_suffix(".dcp"))  # every rank writes its shards under fsdp
         weights = trainer.full_state_dict()
@@ -321,6 +322,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
             ckpt.save_checkpoint(path, state, keep_last=run.keep_checkpoints)
             save_weights_file(model, cfg, out_dir / WEIGHTS_FILE, at_step, full_steps, weights)
         barrier()
+        return weights
 
     # --------------------------------------------------------------- loop
     peak = run.peak_tflops * 1e12 if run.peak_tflops > 0 else None
@@ -380,9 +382,9 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 save(step)
         del batches, loader
     bar.close()
-    save(step)
+    final_state = save(step)
     logger.close()
-    fingerprints = gather_objects(parameter_fingerprint(trainer.full_state_dict()))
+    fingerprints = gather_objects(parameter_fingerprint(final_state))
     if len(set(fingerprints)) > 1:
         log.warning("ranks ended with different parameters: %s", fingerprints)
 
