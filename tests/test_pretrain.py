@@ -13,7 +13,7 @@ from xkd.config import PretrainConfig, load_config
 from xkd.engine.checkpoint import latest_checkpoint
 from xkd.engine.weights import load_weights
 from xkd.engine.logger import read_metrics
-from xkd.engine.pretrain import NonFiniteLossError, pretrain
+from xkd.engine.pretrain import NonFiniteLossError, pretrain, pretrain_or_reuse
 
 CONFIG = Path(__file__).parents[1] / "configs" / "pretrain" / "xkd_avdigits_cpu.yaml"
 TINY = [
@@ -79,6 +79,17 @@ def test_steps_complete_the_schedule_and_max_steps_says_it_stopped_early(avdigit
     assert read_metrics(tmp_path / "early")["schedule_steps"][-1] == 30
     _, meta = weights(tmp_path / "early" / "weights.safetensors")
     assert (meta["step"], meta["schedule_steps"]) == ("4", "30")
+
+
+def test_a_finished_run_is_reused_only_for_the_same_config(avdigits_tiny, tmp_path):
+    out = tmp_path / "run"
+    weights_file = pretrain_or_reuse(tiny_cfg(avdigits_tiny), out, steps=2, progress=False)
+    trained = weights_file.stat().st_mtime_ns
+    # loader workers and logging change how a run is carried out, not what it computes: reused
+    same = tiny_cfg(avdigits_tiny, "data.num_workers=1", "run.log_every=2")
+    assert pretrain_or_reuse(same, out, steps=2, progress=False).stat().st_mtime_ns == trained
+    with pytest.raises(FileExistsError, match=r"another config \(loss.kd_coeff, optim.lr differ\)"):
+        pretrain_or_reuse(tiny_cfg(avdigits_tiny, "loss.kd_coeff=2", "optim.lr=1e-3"), out, steps=2, progress=False)
 
 
 def test_resume_continues_bitwise(avdigits_tiny, tmp_path):

@@ -244,10 +244,30 @@ def pretrain(
         cleanup()
 
 
+_HOW_NOT_WHAT = ("data.num_workers", "run.log_every", "run.checkpoint_every")  # keys a reused run may differ in
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def config_changes(saved: PretrainConfig, wanted: PretrainConfig) -> list[str]:
+    """The keys (``section.key``) whose values differ between two configs, but those that change how a run is
+    carried out and not what it computes (loader workers, logging and checkpoint intervals)."""
+    a, b = _flat(to_dict(saved)), _flat(to_dict(wanted))
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in _HOW_NOT_WHAT)
+
+
 def pretrain_or_reuse(cfg: PretrainConfig, out_dir: str | Path, steps: int, progress: bool = True) -> Path:
     """Pretrain a complete schedule of ``steps`` steps (``optim.steps``) into ``out_dir`` unless a finished run of that
-    schedule is there (resuming an interrupted one); returns the weights file."""
+    schedule and config is there (resuming an interrupted one); returns the weights file. A finished run of another
+    config is an error that names the keys that differ."""
     from dataclasses import replace
+
+    from xkd.config import load_config
 
     out_dir = Path(out_dir)
     cfg = replace(cfg, optim=replace(cfg.optim, steps=steps))
@@ -255,6 +275,10 @@ def pretrain_or_reuse(cfg: PretrainConfig, out_dir: str | Path, steps: int, prog
     if summary.is_file():
         done = json.loads(summary.read_text())
         if done.get("steps") == done.get("schedule_steps") == steps:
+            changed = config_changes(load_config(PretrainConfig, out_dir / "config.yaml"), cfg)
+            if changed:
+                raise FileExistsError(f"{out_dir} holds a finished run of another config ({', '.join(changed)} "
+                                      "differ); choose another output folder or delete that run")
             log.info("reusing the finished run in %s", out_dir)
             return out_dir / WEIGHTS_FILE
     resume = out_dir.exists() and ckpt.latest_checkpoint(out_dir) is not None
