@@ -92,3 +92,14 @@ def test_dataset_statistics_match_a_direct_computation(tmp_path):
                         for i in range(2)]).double()
     assert stats["norm_mean"] == pytest.approx(values.mean().item(), rel=1e-6)
     assert stats["norm_std"] == pytest.approx(values.std(unbiased=False).item(), rel=1e-5)
+
+
+def test_centred_bands_lose_their_mean_over_the_clip_before_normalisation():
+    plain = LogMelConfig()
+    centred = LogMelConfig(center_bands=True, norm_mean=0.0, norm_std=2.0)
+    wave = torch.from_numpy(sweep_and_noise(2.0, 16000)).float()
+    raw = LogMel(plain, normalize=False)(wave)
+    expected = (raw - raw.mean(dim=-1, keepdim=True)) / 2.0
+    torch.testing.assert_close(LogMel(centred)(wave), expected)
+    # a gain is a constant in the log domain: centring removes it, as it removes a voice's or channel's average spectrum
+    torch.testing.assert_close(LogMel(centred)(3 * wave), expected, atol=1e-4, rtol=0)

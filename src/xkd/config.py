@@ -30,6 +30,7 @@ class LogMelConfig:
     log_eps: float = 1.1920928955078125e-07  # float32 machine epsilon, as in the original code
     norm_mean: float = -5.3688107  # Kinetics-400 statistics of the log-mel values
     norm_std: float = 4.410007
+    center_bands: bool = False  # subtract each mel band's mean over the clip's frames before norm_mean / norm_std
 
 
 @dataclass

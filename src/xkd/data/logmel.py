@@ -55,7 +55,8 @@ class LogMel(nn.Module):
     """Waveform -> normalised log-mel spectrogram.
 
     ``forward(wave: [..., S]) -> [..., n_mels, 1 + S // hop_length]``; e.g. 4 s at 16 kHz -> ``[80, 448]``.
-    With ``normalize`` the output is ``(log(mel + eps) - norm_mean) / norm_std``.
+    With ``center_bands`` each band first loses its mean over the frames; with ``normalize`` the output is then
+    ``(x - norm_mean) / norm_std``.
     """
 
     def __init__(self, cfg: LogMelConfig | None = None, normalize: bool = True):
@@ -91,6 +92,8 @@ class LogMel(nn.Module):
         power = spec.real.square() + spec.imag.square()
         mel = torch.matmul(self.mel_fb, power)  # [B, n_mels, frames]
         out = torch.log(mel + cfg.log_eps)
+        if cfg.center_bands:  # per-clip mean normalisation: removes the clip's average spectrum (voice, channel)
+            out = out - out.mean(dim=-1, keepdim=True)
         if self.normalize:
             out = (out - cfg.norm_mean) / cfg.norm_std
         return out.reshape(*lead, *out.shape[-2:])
