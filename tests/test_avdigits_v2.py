@@ -163,3 +163,25 @@ def test_audio_oracle_features_are_finite_and_shaped(builds):
     assert feats["speech-embedding"].shape == (4, 192) and feats["logmel-stats"].shape == (4, 80)
     for values in feats.values():
         assert np.isfinite(values).all() and values.std(axis=0).max() > 0
+
+
+def test_a_folder_says_which_version_it_holds(builds, tmp_path):
+    v1, v2 = (m.parent for m in builds)
+    assert (avd.built_version(v1), avd.built_version(v2), avd.built_version(tmp_path)) == (1, 2, None)
+    assert avd.choose_version(v1, None) == 1 and avd.choose_version(v2, 2) == 2
+    assert avd.choose_version(tmp_path, None) == 2 and avd.choose_version(None, 1) == 1  # nothing built: asked, else 2
+    with pytest.raises(ValueError, match="holds AV-Digits version 2, not 1; pass --version 2"):
+        avd.choose_version(v2, 1)
+
+
+@pytest.mark.parametrize("method", ["xkd", "mae", "xkd_mas", "xkd_mats"])
+def test_version_2_recipes_are_the_version_1_recipes_on_the_version_2_data(method):
+    from xkd.config import to_dict
+    from xkd.demo import avdigits_recipe
+
+    v1, v2 = (load_config(PretrainConfig, f"configs/pretrain/{avdigits_recipe(method, v)}") for v in (1, 2))
+    assert v2.data.manifest == "data/av-digits-v2/manifest.csv" and v1.data.manifest == "data/av-digits/manifest.csv"
+    assert v2.data.logmel != v1.data.logmel
+    for section in ("model", "loss", "optim"):
+        assert to_dict(getattr(v1, section)) == to_dict(getattr(v2, section)), section
+    assert v1.method == v2.method

@@ -1,6 +1,7 @@
 """``xkd ablations``: the XKD paper's ablations on AV-Digits over several seeds, as one table (docs/REPRODUCTION.md).
 
-Each variant is a CPU recipe (``configs/pretrain/*_avdigits_cpu.yaml``) plus overrides. Every (variant, seed) pretrains
+Each variant is a CPU recipe of the AV-Digits version run (``configs/pretrain/*_avdigits_v2_cpu.yaml`` for version 2,
+``*_avdigits_cpu.yaml`` for version 1) plus overrides. Every (variant, seed) pretrains
 a complete schedule of ``steps`` steps into ``<out>/<variant>/seed<k>`` (finished runs are reused, interrupted ones
 resumed); then all models of a seed (teachers and students of the variants that have teachers) and a random-init
 encoder built from its own seed (:func:`xkd.api.baseline_seed`) are evaluated together with the ridge classifier on
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xkd.api import BASELINE_SEED_OFFSET, load_roles
-from xkd.datasets.avdigits import AVDIGITS_DIR
 from xkd.eval.metrics import mean_std
 
 log = logging.getLogger(__name__)
@@ -35,22 +35,22 @@ class Variant:
 
     name: str  # folder name and command-line choice
     label: str  # table row
-    config: str  # file in configs/pretrain
+    method: str  # its CPU recipe, per AV-Digits version (:func:`xkd.demo.avdigits_recipe`)
     overrides: tuple[str, ...] = ()
 
 
 VARIANTS = (
-    Variant("recon-video", "L_recon^v only (video MAE; audio encoder untrained)", "mae_avdigits_cpu.yaml",
+    Variant("recon-video", "L_recon^v only (video MAE; audio encoder untrained)", "mae",
             ("loss.recon_audio=false",)),
-    Variant("ae", "L_ae (MAE on both modalities)", "mae_avdigits_cpu.yaml"),
-    Variant("ae-kd", "L_ae + L_kd (no domain alignment)", "xkd_avdigits_cpu.yaml", ("loss.da=false",)),
-    Variant("ae-da", "L_ae + L_da (no distillation)", "xkd_avdigits_cpu.yaml", ("loss.kd=false",)),
-    Variant("xkd", "XKD: L_ae + L_kd + L_da", "xkd_avdigits_cpu.yaml"),
-    Variant("no-refine", "XKD, refinement off", "xkd_avdigits_cpu.yaml", ("loss.refine=false",)),
-    Variant("global-view", "XKD, teacher on the global view (default: local)", "xkd_avdigits_cpu.yaml",
+    Variant("ae", "L_ae (MAE on both modalities)", "mae"),
+    Variant("ae-kd", "L_ae + L_kd (no domain alignment)", "xkd", ("loss.da=false",)),
+    Variant("ae-da", "L_ae + L_da (no distillation)", "xkd", ("loss.kd=false",)),
+    Variant("xkd", "XKD: L_ae + L_kd + L_da", "xkd"),
+    Variant("no-refine", "XKD, refinement off", "xkd", ("loss.refine=false",)),
+    Variant("global-view", "XKD, teacher on the global view (default: local)", "xkd",
             ("loss.teacher_view=global",)),
-    Variant("mas", "XKD-MAS (shared student)", "xkd_mas_avdigits_cpu.yaml"),
-    Variant("mats", "XKD-MATS (shared student and teacher)", "xkd_mats_avdigits_cpu.yaml"),
+    Variant("mas", "XKD-MAS (shared student)", "xkd_mas"),
+    Variant("mats", "XKD-MATS (shared student and teacher)", "xkd_mats"),
 )
 BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -115,8 +115,9 @@ def table(per_seed: dict[int, dict[str, dict]], variants: list[Variant], tasks: 
 
 def run_ablations(
     out: str | Path = "runs/ablations",
-    data_dir: str | Path = AVDIGITS_DIR,
-    steps: int = 150,
+    data_dir: str | Path | None = None,
+    version: int | None = None,
+    steps: int = 400,
     seeds: tuple[int, ...] = (0, 1, 2),
     variants: list[str] | None = None,
     workers: int = 2,
@@ -126,10 +127,11 @@ def run_ablations(
     progress: bool = True,
 ) -> Path:
     """Run the grid into ``out`` and return the path of ``table.md``; ``overrides`` (``key=value``) apply to every
-    run, before each variant's own; ``split`` is the split scored ("test", or "val" to choose a recipe)."""
+    run, before each variant's own; ``split`` is the split scored ("test", or "val" to choose a recipe). AV-Digits
+    ``version``: the build's in ``data_dir`` when there is one, else 2; ``data_dir`` defaults to its folder."""
     from xkd.api import baseline_seed, random_encoders
-    from xkd.datasets.avdigits import prepare_avdigits
-    from xkd.demo import cpu_recipe
+    from xkd.datasets.avdigits import choose_version, default_dir, prepare_avdigits
+    from xkd.demo import avdigits_recipe, cpu_recipe
     from xkd.engine.pretrain import pretrain_or_reuse
     from xkd.eval.run import EvalOptions, evaluate_many
     from xkd.eval.tasks import tasks_for
@@ -139,9 +141,11 @@ def run_ablations(
     out.mkdir(parents=True, exist_ok=True)
     timings_path = out / "timings.json"
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    manifest = Path(data_dir) / "manifest.csv"
+    version = choose_version(data_dir, version)
+    data_dir = Path(data_dir or default_dir(version))
+    manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
-        manifest = prepare_avdigits(data_dir, workers=max(workers, 1), progress=progress)
+        manifest = prepare_avdigits(data_dir, workers=max(workers, 1), progress=progress, version=version)
     tasks = tasks_for(f"av-digits:{data_dir}", split=split)
     task_names = [t.name for t in tasks]
 
@@ -159,12 +163,12 @@ def run_ablations(
         models = {}
         for v in chosen:
             run_dir = out / v.name / f"seed{seed}"
-            cfg = cpu_recipe(v.config, common + list(v.overrides))
+            cfg = cpu_recipe(avdigits_recipe(v.method, version), common + list(v.overrides))
             with _timed(timings, f"pretrain {v.name} seed{seed}", timings_path):
                 pretrain_or_reuse(cfg, run_dir, steps, progress=progress)
             for role, encoders in load_roles(run_dir).items():
                 models[f"{v.name}/{role}"] = encoders
-        base = cpu_recipe("xkd_avdigits_cpu.yaml", common)
+        base = cpu_recipe(avdigits_recipe("xkd", version), common)
         models[RANDOM] = random_encoders(base, baseline_seed(seed))
         opts = EvalOptions(train_clips=train_clips, test_clips=1, num_workers=workers, seed=seed, progress=progress)
         with _timed(timings, f"evaluate seed{seed}", timings_path):
@@ -180,10 +184,12 @@ def run_ablations(
     summary = {
         "steps": steps,
         "split": split,
+        "avdigits_version": version,
         "seeds": list(seeds),
         "baseline_seeds": [baseline_seed(s) for s in seeds],
         "overrides": list(overrides or []),
-        "variants": {v.name: {"label": v.label, "config": v.config, "overrides": list(v.overrides)} for v in chosen},
+        "variants": {v.name: {"label": v.label, "config": avdigits_recipe(v.method, version),
+                              "overrides": list(v.overrides)} for v in chosen},
         "top1": {key: {t: _mean_std([per_seed[s][key][t]["top1"] for s in seeds]) for t in task_names
                        if all(t in per_seed[s].get(key, {}) for s in seeds)}
                  for key, _ in rows(per_seed, chosen)},
@@ -193,7 +199,7 @@ def run_ablations(
     path = out / "table.md"
     every_run = f" (every run with {', '.join(overrides)})" if overrides else ""
     path.write_text(
-        f"{text}\n\nAV-Digits ({data_dir}), {split} split, a complete {steps}-step schedule of the CPU recipes per "
+        f"{text}\n\nAV-Digits version {version} ({data_dir}), {split} split, a complete {steps}-step schedule of the CPU recipes per "
         f"run{every_run}; ridge classifier on frozen, standardised features (alpha chosen on a validation split "
         f"carved from train, {train_clips} clean training clip(s) per video); audio tasks are leave-one-voice-out "
         "(mean over the held-out voices per seed). The random-init encoder of seed k is built from seed k + "

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from xkd.ccl.cli import add_ccl_parser
 from xkd.cli_help import HelpFormatter, add_command
-from xkd.datasets.avdigits import AVDIGITS_DIR
 from xkd.datasets.cli import add_data_parser
 from xkd.eval.cli import add_clusters_parser, add_eval_parser, add_extract_parser
 from xkd.official import add_convert_parser
@@ -74,7 +73,8 @@ def _pretrain_parser(sub) -> None:
 def _cmd_demo(args) -> int:
     from xkd.demo import run_demo
 
-    report = run_demo(args.out, quick=args.quick, data_dir=args.data, steps=args.steps, workers=args.workers)
+    report = run_demo(args.out, quick=args.quick, data_dir=args.data, steps=args.steps, workers=args.workers,
+                      version=args.version)
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -92,7 +92,10 @@ def _demo_parser(sub) -> None:
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps: a smoke test of the pipeline")
-    p.add_argument("--data", default=None, help="AV-Digits folder (None = data/av-digits, or -tiny with --quick)")
+    p.add_argument("--data", default=None,
+                   help="AV-Digits folder (None = data/av-digits-v2, data/av-digits for --version 1; -tiny with --quick)")
+    p.add_argument("--version", type=int, choices=(1, 2), default=None,
+                   help="AV-Digits version and its CPU recipes (None = the build's in --data, else 2)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps per model (None = 400, 12 with --quick)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.set_defaults(func=_cmd_demo)
@@ -102,8 +105,8 @@ def _demo_parser(sub) -> None:
 def _cmd_ablations(args) -> int:
     from xkd.ablations import run_ablations
 
-    path = run_ablations(args.out, data_dir=args.data, steps=args.steps, seeds=tuple(args.seeds),
-                         variants=args.variants, workers=args.workers, train_clips=args.train_clips,
+    path = run_ablations(args.out, data_dir=args.data, version=args.version, steps=args.steps,
+                         seeds=tuple(args.seeds), variants=args.variants, workers=args.workers, train_clips=args.train_clips,
                          overrides=args.set, split=args.split, progress=not args.no_progress)
     print(path.read_text())
     print(f"table: {path}")
@@ -125,8 +128,11 @@ def _ablations_parser(sub) -> None:
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
-    p.add_argument("--data", default=AVDIGITS_DIR, help="AV-Digits folder (built there if missing)")
-    p.add_argument("--steps", type=int, default=150, help="pretraining steps per run: the length of its schedule")
+    p.add_argument("--data", default=None,
+                   help="AV-Digits folder, built there if missing (None = data/av-digits-v2, data/av-digits for --version 1)")
+    p.add_argument("--version", type=int, choices=(1, 2), default=None,
+                   help="AV-Digits version and its CPU recipes (None = the build's in --data, else 2)")
+    p.add_argument("--steps", type=int, default=400, help="pretraining steps per run: the length of its schedule")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
     p.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,
                    help="a subset of the variants (default: all)")

@@ -1,8 +1,9 @@
 """``xkd demo``: the whole method on a laptop CPU, from raw data to a report.
 
-1. builds AV-Digits if it is missing;
-2. pretrains XKD and the MAE-only baseline with the CPU recipes (``configs/pretrain/*_avdigits_cpu.yaml``), each with
-   its schedule (learning rate, weight decay, EMA momentum, warm-ups) sized to the ``steps`` the demo runs;
+1. builds AV-Digits (version 2 unless told otherwise) if it is missing;
+2. pretrains XKD and the MAE-only baseline with the version's CPU recipes (``configs/pretrain/*_avdigits_v2_cpu.yaml``
+   or ``*_avdigits_cpu.yaml``), each with its schedule (learning rate, weight decay, EMA momentum, warm-ups) sized to
+   the ``steps`` the demo runs;
 3. evaluates XKD's teachers and students, MAE-only and a random-init encoder (its own seed, not the pretraining one)
    with a ridge classifier on standardised features (docs/EVALUATION.md) on four tasks: video digit, video motion, audio digit (leave-one-voice-out) and audio+video
    digit;
@@ -24,7 +25,7 @@ import numpy as np
 
 from xkd.config import PretrainConfig, load_config
 from xkd.config_io import recipe_file
-from xkd.datasets.avdigits import default_dir
+from xkd.datasets.avdigits import choose_version, default_dir
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,28 @@ class DemoPlan:
     tiny_data: bool
     steps: int
     workers: int
+    version: int  # of AV-Digits
 
     @classmethod
-    def make(cls, quick: bool, data_dir: str | None, steps: int | None, workers: int) -> "DemoPlan":
-        return cls(Path(data_dir or default_dir(tiny=quick)), quick, steps or (12 if quick else 400), workers)
+    def make(cls, quick: bool, data_dir: str | None, steps: int | None, workers: int,
+             version: int | None = None) -> "DemoPlan":
+        version = choose_version(data_dir, version)
+        return cls(Path(data_dir or default_dir(version, tiny=quick)), quick, steps or (12 if quick else 400), workers,
+                   version)
+
+
+_DATA_TEXT = {
+    1: "real MNIST digits animated with 8 motions, paired by class with real spoken digits in 5 voices",
+    2: "real MNIST digits at 55-75% of the frame height animated with 8 motions, paired by class with real spoken "
+       "digits repeated through the clip, in 5 real voices and, for training only, 40 synthetic ones; "
+       "docs/AVDIGITS.md",
+}
+
+
+def avdigits_recipe(method: str, version: int) -> str:
+    """The ``configs/pretrain`` file of the CPU recipe of ``method`` ("xkd", "mae", "xkd_mas", "xkd_mats") for
+    AV-Digits ``version``."""
+    return f"{method}_avdigits{'_v2' if version == 2 else ''}_cpu.yaml"
 
 
 def cpu_recipe(name: str, overrides: list[str]) -> PretrainConfig:
@@ -93,8 +112,9 @@ def _plot_projection(features: dict[str, tuple[np.ndarray, np.ndarray]], path: P
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str | None = None,
-             steps: int | None = None, workers: int = 2) -> Path:
-    """Run the demo into ``out`` and return the path of its ``report.md``."""
+             steps: int | None = None, workers: int = 2, version: int | None = None) -> Path:
+    """Run the demo into ``out`` and return the path of its ``report.md``; ``version`` of AV-Digits: the build's in
+    ``data_dir`` when there is one, else 2."""
     from xkd.api import baseline_seed, load, random_encoders
     from xkd.datasets.avdigits import prepare_avdigits
     from xkd.eval.extract import ExtractOptions, extract_features
@@ -105,15 +125,16 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = DemoPlan.make(quick, data_dir, steps, workers)
+    plan = DemoPlan.make(quick, data_dir, steps, workers, version)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
-    manifest = prepare_avdigits(plan.data_dir, tiny=plan.tiny_data, workers=max(plan.workers, 1))
+    manifest = prepare_avdigits(plan.data_dir, tiny=plan.tiny_data, workers=max(plan.workers, 1), version=plan.version)
     timings["data"] = time.perf_counter() - t0
 
     runs = {}
-    for name, config in (("XKD", "xkd_avdigits_cpu.yaml"), ("MAE-only", "mae_avdigits_cpu.yaml")):
+    recipes = {"XKD": avdigits_recipe("xkd", plan.version), "MAE-only": avdigits_recipe("mae", plan.version)}
+    for name, config in recipes.items():
         t = time.perf_counter()
         run_dir = out / ("xkd" if name == "XKD" else "mae")
         pretrain_or_reuse(_config(config, manifest, plan), run_dir, plan.steps)
@@ -121,7 +142,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
         timings[f"pretrain {name}"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    xkd_cfg = _config("xkd_avdigits_cpu.yaml", manifest, plan)
+    xkd_cfg = _config(recipes["XKD"], manifest, plan)
     seed = baseline_seed(xkd_cfg.run.seed)
     models = {
         "XKD teacher": load(runs["XKD"], role="teacher"),
@@ -157,12 +178,11 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
     report.write_text(
         f"""# xkd demo on AV-Digits{' (quick)' if quick else ''}
 
-Data: `{manifest}` ({len(test.manifest)} clips: real MNIST digits animated with 8 motions, paired by class with real
-spoken digits in 5 voices). Pretraining: `configs/pretrain/xkd_avdigits_cpu.yaml` and
-`configs/pretrain/mae_avdigits_cpu.yaml`, each a complete {plan.steps}-step schedule (learning rate, weight decay,
-EMA momentum and warm-ups sized to the run). {'; '.join(early) + '. ' if early else ''}Evaluation: ridge classifier on
+Data: AV-Digits version {plan.version}, `{manifest}` ({len(test.manifest)} clips: {_DATA_TEXT[plan.version]}).
+Pretraining: `configs/pretrain/{recipes["XKD"]}` and `configs/pretrain/{recipes["MAE-only"]}`,
+each a complete {plan.steps}-step schedule (learning rate, weight decay, EMA momentum and warm-ups sized to the run). {'; '.join(early) + '. ' if early else ''}Evaluation: ridge classifier on
 frozen, standardised features; alpha chosen on a validation split carved from the training videos (below); one
-clean training clip per video (the test view); audio tasks are leave-one-voice-out (5 folds). XKD is reported by its
+clean training clip per video (the test view); audio tasks leave one real voice out (5 folds). XKD is reported by its
 EMA teachers and by its students; the random-init encoder is built from its own seed ({seed}), not from the
 pretraining seed whose weights every pretrained model started from.
 

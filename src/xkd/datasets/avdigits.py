@@ -270,6 +270,24 @@ def _count(specs: list[ClipSpec]) -> dict:
     }
 
 
+def built_version(folder: str | Path) -> int | None:
+    """The version (1 or 2) of the AV-Digits build, finished or not, in ``folder``; None when it holds none."""
+    marker = Path(folder) / ".build.json"
+    if not marker.is_file():
+        return None
+    recorded = json.loads(marker.read_text(encoding="utf-8"))["version"]
+    return next(k for k, v in AVDIGITS_VERSIONS.items() if v == recorded)
+
+
+def choose_version(folder: str | Path | None, asked: int | None, default: int = 2) -> int:
+    """The version to build or read in ``folder``: the build's own when it holds one (``asked`` differing from it is an
+    error), else ``asked``, else ``default``."""
+    found = built_version(folder) if folder is not None else None
+    if found is not None and asked is not None and asked != found:
+        raise ValueError(f"{folder} holds AV-Digits version {found}, not {asked}; pass --version {found} or another folder")
+    return found or asked or default
+
+
 def _is_complete(out: Path, build: dict) -> bool:
     """Whether ``out`` holds a finished build with these arguments and all of its files."""
     info_path, manifest_path = out / "info.json", out / "manifest.csv"
