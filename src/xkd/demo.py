@@ -174,17 +174,20 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
 
     table = comparison_table(results, [t.name for t in tasks], what="ridge top-1 %")
     early = [f"{name}: {enc.describe()}" for name, enc in models.items() if enc.stopped_early]
+    early_text = " " + "; ".join(early) + "." if early else ""
     report = out / "report.md"
     report.write_text(
         f"""# xkd demo on AV-Digits{' (quick)' if quick else ''}
 
 Data: AV-Digits version {plan.version}, `{manifest}` ({len(test.manifest)} clips: {_DATA_TEXT[plan.version]}).
-Pretraining: `configs/pretrain/{recipes["XKD"]}` and `configs/pretrain/{recipes["MAE-only"]}`,
-each a complete {plan.steps}-step schedule (learning rate, weight decay, EMA momentum and warm-ups sized to the run). {'; '.join(early) + '. ' if early else ''}Evaluation: ridge classifier on
-frozen, standardised features; alpha chosen on a validation split carved from the training videos (below); one
-clean training clip per video (the test view); audio tasks leave one real voice out (5 folds). XKD is reported by its
-EMA teachers and by its students; the random-init encoder is built from its own seed ({seed}), not from the
-pretraining seed whose weights every pretrained model started from.
+
+Pretraining: `configs/pretrain/{recipes["XKD"]}` and `configs/pretrain/{recipes["MAE-only"]}`, each a complete
+{plan.steps}-step schedule (learning rate, weight decay, EMA momentum and warm-ups sized to the run).{early_text}
+
+Evaluation: ridge classifier on frozen, standardised features; alpha chosen on a validation split carved from the
+training videos (below); one clean training clip per video (the test view); audio tasks leave one real voice out (5
+folds). XKD is reported by its EMA teachers and by its students; the random-init encoder is built from its own seed
+({seed}), not from the pretraining seed whose weights every pretrained model started from.
 
 {table}
 
