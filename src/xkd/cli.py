@@ -123,8 +123,8 @@ def _ablations_parser(sub) -> None:
         "Pretrain every variant with the AV-Digits CPU recipes for each seed into <out>/<variant>/seed<k>, each a\n"
         "complete schedule of --steps steps, evaluate each seed's models (teachers and students) and a random-init\n"
         "encoder (its own seed) with the ridge classifier on the four AV-Digits tasks, and write <out>/table.md (top-1,\n"
-        "mean ± sample std over seeds, and the alpha chosen), results.json and timings.json. Finished runs and\n"
-        "evaluations are reused; interrupted runs resume.\n\nvariants:\n"
+        "mean ± sample std over seeds, and the alpha chosen), results.json and timings.json. Finished runs of the same\n"
+        "config and evaluations are reused (a finished run of another config is an error); interrupted runs resume.\n\nvariants:\n"
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
