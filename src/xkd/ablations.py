@@ -199,10 +199,10 @@ def run_ablations(
     path = out / "table.md"
     every_run = f" (every run with {', '.join(overrides)})" if overrides else ""
     path.write_text(
-        f"{text}\n\nAV-Digits version {version} ({data_dir}), {split} split, a complete {steps}-step schedule of the CPU recipes per "
-        f"run{every_run}; ridge classifier on frozen, standardised features (alpha chosen on a validation split "
-        f"carved from train, {train_clips} clean training clip(s) per video); audio tasks are leave-one-voice-out "
-        "(mean over the held-out voices per seed). The random-init encoder of seed k is built from seed k + "
-        f"{BASELINE_SEED_OFFSET}. Chance: 10% digit, 12.5% motion.\n"
+        f"{text}\n\nAV-Digits version {version} ({data_dir}), {split} split, a complete {steps}-step schedule of the "
+        f"CPU recipes per run{every_run}; ridge classifier on frozen, standardised features (alpha chosen on a "
+        f"validation split carved from train, {train_clips} clean training clip(s) per video); audio tasks leave one "
+        "real voice out (mean over the held-out voices per seed). The random-init encoder of seed k is built from "
+        f"seed k + {BASELINE_SEED_OFFSET}. Chance: 10% digit, 12.5% motion.\n"
     )
     return path

@@ -93,7 +93,8 @@ def _demo_parser(sub) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps: a smoke test of the pipeline")
     p.add_argument("--data", default=None,
-                   help="AV-Digits folder (None = data/av-digits-v2, data/av-digits for --version 1; -tiny with --quick)")
+                   help="AV-Digits folder (None = data/av-digits-v2, data/av-digits for --version 1; "
+                        "-tiny with --quick)")
     p.add_argument("--version", type=int, choices=(1, 2), default=None,
                    help="AV-Digits version and its CPU recipes (None = the build's in --data, else 2)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps per model (None = 400, 12 with --quick)")
@@ -106,8 +107,9 @@ def _cmd_ablations(args) -> int:
     from xkd.ablations import run_ablations
 
     path = run_ablations(args.out, data_dir=args.data, version=args.version, steps=args.steps,
-                         seeds=tuple(args.seeds), variants=args.variants, workers=args.workers, train_clips=args.train_clips,
-                         overrides=args.set, split=args.split, progress=not args.no_progress)
+                         seeds=tuple(args.seeds), variants=args.variants, workers=args.workers,
+                         train_clips=args.train_clips, overrides=args.set, split=args.split,
+                         progress=not args.no_progress)
     print(path.read_text())
     print(f"table: {path}")
     return 0
@@ -124,7 +126,8 @@ def _ablations_parser(sub) -> None:
         "complete schedule of --steps steps, evaluate each seed's models (teachers and students) and a random-init\n"
         "encoder (its own seed) with the ridge classifier on the four AV-Digits tasks, and write <out>/table.md (top-1,\n"
         "mean ± sample std over seeds, and the alpha chosen), results.json and timings.json. Finished runs of the same\n"
-        "config and evaluations are reused (a finished run of another config is an error); interrupted runs resume.\n\nvariants:\n"
+        "config and evaluations are reused (a finished run of another config is an error); interrupted runs\n"
+        "resume.\n\nvariants:\n"
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")

@@ -284,7 +284,8 @@ def choose_version(folder: str | Path | None, asked: int | None, default: int = 
     error), else ``asked``, else ``default``."""
     found = built_version(folder) if folder is not None else None
     if found is not None and asked is not None and asked != found:
-        raise ValueError(f"{folder} holds AV-Digits version {found}, not {asked}; pass --version {found} or another folder")
+        raise ValueError(f"{folder} holds AV-Digits version {found}, not {asked}; "
+                         f"pass --version {found} or another folder")
     return found or asked or default
 
 
