@@ -125,14 +125,15 @@ def _ablations_parser(sub) -> None:
         "Pretrain every variant with the AV-Digits CPU recipes for each seed into <out>/<variant>/seed<k>, each a\n"
         "complete schedule of --steps steps, evaluate each seed's models (teachers and students) and a random-init\n"
         "encoder (its own seed) with the ridge classifier on the four AV-Digits tasks, and write <out>/table.md (top-1,\n"
-        "mean ± sample std over seeds, and the alpha chosen), results.json and timings.json. Finished runs of the same\n"
-        "config and evaluations are reused (a finished run of another config is an error); interrupted runs\n"
-        "resume.\n\nvariants:\n"
+        "mean ± sample std over seeds, and the alpha chosen), results.json and timings.json. Finished runs of\n"
+        "the same config and evaluations are reused (a finished run of another config is an error); interrupted\n"
+        "runs resume.\n\nvariants:\n"
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
     p.add_argument("--data", default=None,
-                   help="AV-Digits folder, built there if missing (None = data/av-digits-v2, data/av-digits for --version 1)")
+                   help="AV-Digits folder, built there if missing (None = data/av-digits-v2, data/av-digits for "
+                        "--version 1)")
     p.add_argument("--version", type=int, choices=(1, 2), default=None,
                    help="AV-Digits version and its CPU recipes (None = the build's in --data, else 2)")
     p.add_argument("--steps", type=int, default=400, help="pretraining steps per run: the length of its schedule")

@@ -27,7 +27,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from xkd.config import PretrainConfig, dump_config, to_dict
+from xkd.config import PretrainConfig, dump_config, load_config, to_dict
 from xkd.data.dataset import BadMediaReport
 from xkd.data.pretrain_batches import PretrainBatches
 from xkd.data.workers import threads_beside_workers
@@ -266,8 +266,6 @@ def pretrain_or_reuse(cfg: PretrainConfig, out_dir: str | Path, steps: int, prog
     schedule and config is there (resuming an interrupted one); returns the weights file. A finished run of another
     config is an error that names the keys that differ."""
     from dataclasses import replace
-
-    from xkd.config import load_config
 
     out_dir = Path(out_dir)
     cfg = replace(cfg, optim=replace(cfg.optim, steps=steps))
