@@ -194,7 +194,6 @@ class ClipDataset(Dataset):
         return out
 
 
-
 def _stack(values: list, key: str):
     first = values[0]
     if isinstance(first, torch.Tensor):
