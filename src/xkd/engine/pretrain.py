@@ -238,7 +238,12 @@ def pretrain(
         local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         torch.set_num_threads(threads_beside_workers(cfg.data.num_workers, local_processes))
     try:
-        return _pretrain(cfg, out_dir, resume, max_steps, progress, dist_info)
+        summary = _pretrain(cfg, out_dir, resume, max_steps, progress, dist_info)
+        # every process is done communicating before any of them tears the group down and exits: a rank that left
+        # right after the last all-gather could reach interpreter shutdown while a gloo worker thread still released
+        # that collective's tensors, which needs the GIL, and abort (6 of about 230 two-rank test runs)
+        barrier()
+        return summary
     finally:
         torch.set_num_threads(threads)  # the caller's setting (the demo evaluates in this process next)
         cleanup()
