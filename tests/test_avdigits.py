@@ -20,12 +20,12 @@ from xkd.datasets.avdigits import (
     load_mnist_5k,
     load_spoken_digit,
     make_recipe,
-    plan_clips,
     prepare_avdigits,
     render_frames,
-    split_images,
 )
 from xkd.data.manifest import read_manifest
+from xkd.datasets.avdigits_plan import plan_clips
+from xkd.datasets.avdigits_sources import split_images
 
 NUM_CLIPS = 40
 

@@ -31,6 +31,9 @@ Versions (``version=``; docs/AVDIGITS.md explains every choice with its measurem
   floor at 30-45 dB SNR, so few spectrogram patches are silence; training and validation clips also speak in 40
   synthetic voices (eSpeak NG, eight per language, ``xkd/assets/synthetic_digits``), test clips only in the five real
   ones. Leaving a real voice out then leaves out a voice, not a language: its language is still heard in training.
+- **3**: the clips of version 2 with another plan (:mod:`xkd.datasets.avdigits_plan`): in every split the motion,
+  the voice, its language, the synthetic flag and the digit are independent (version 2 deals motion and voice by the
+  clip's position, which ties them in the train and val splits).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -46,6 +48,7 @@ import numpy as np
 from tqdm import tqdm
 
 from xkd.data.manifest import Manifest, ManifestRow, read_manifest, write_manifest
+from xkd.datasets.avdigits_plan import REAL_LANGUAGES, ClipSpec, plan_clips
 from xkd.datasets.avdigits_render import (
     AVDIGITS_MOTIONS,
     CANVAS_SIZE,
@@ -60,11 +63,9 @@ from xkd.datasets.avdigits_render import (
 from xkd.datasets.avdigits_sources import (
     AVDIGITS_VOICES,
     MNIST_CSV_SHA256,
-    SPLIT_FRACTIONS,
     SPLITS,
     load_mnist_5k,
     load_spoken_digit,
-    split_images,
     synthetic_voices,
     voice_asset,
 )
@@ -72,7 +73,7 @@ from xkd.datasets.media_writer import write_media
 
 # The motions and the clip's sizes (NUM_FRAMES, FPS, CANVAS_SIZE, SAMPLE_RATE) live in avdigits_render, the real
 # voices and the split (SPLITS, SPLIT_FRACTIONS, SPLIT_SEED) in avdigits_sources, beside the code that uses them.
-AVDIGITS_VERSIONS = {1: "1.0", 2: "2.0"}  # --version -> the version recorded in a build
+AVDIGITS_VERSIONS = {1: "1.0", 2: "2.0", 3: "3.0"}  # --version -> the version recorded in a build
 AVDIGITS_SPEAKERS = {
     "en_US_f_Allison": "allison_smith",
     "es_MX_f_Allison": "allison_smith",
@@ -80,90 +81,13 @@ AVDIGITS_SPEAKERS = {
     "it_IT_m_Carlo": "carlo_flora",
     "ru_RU_f_IvrvoiceRU": "maxim_topal",
 }
-REAL_LANGUAGES = {voice: voice[:2] for voice in AVDIGITS_VOICES}  # en, es, fr, it, ru
-SYNTHETIC_SHARE = 8  # version 2, train / val splits: each real voice is drawn this many times as often as each
-# synthetic voice (8 per language), so half of those clips speak in a real voice
 TINY_NUM_CLIPS = 200
 AVDIGITS_DIR = "data/av-digits"  # where a build goes, and where evaluation looks, unless told otherwise
 
 
 def default_dir(version: int = 1, tiny: bool = False) -> str:
-    """``data/av-digits``, with ``-v2`` for version 2 and ``-tiny`` for the tiny variant."""
-    return AVDIGITS_DIR + ("-v2" if version == 2 else "") + ("-tiny" if tiny else "")
-
-
-# ------------------------------------------------------------------------------------------------------------- plan
-
-
-@dataclass(frozen=True)
-class ClipSpec:
-    """What one clip shows and says; ``image_index`` (the MNIST row) is also the clip id."""
-
-    image_index: int
-    digit: int
-    split: str
-    motion: str
-    voice: str
-
-    @property
-    def clip_id(self) -> str:
-        return f"avd{self.image_index:04d}"
-
-    @property
-    def relpath(self) -> str:
-        return f"clips/{self.split}/{self.digit}/{self.clip_id}.mp4"
-
-
-def _split_quotas(num_clips: int) -> list[int]:
-    """Clips per split for ``num_clips`` in total (largest remainder of 70/10/20)."""
-    exact = np.asarray(SPLIT_FRACTIONS) * num_clips
-    quotas = np.floor(exact).astype(int)
-    for i in np.argsort(-(exact - quotas), kind="stable")[: num_clips - quotas.sum()]:
-        quotas[i] += 1
-    return quotas.tolist()
-
-
-def voice_pool(split: str, version: int) -> tuple[str, ...]:
-    """The voices a split's clips cycle through: the five real voices, and in version 2 for train / val the real voices
-    (each :data:`SYNTHETIC_SHARE` times) alternating with the synthetic ones (each once), so that any run of clips
-    speaks half in real voices."""
-    if version == 1 or split == "test":
-        return AVDIGITS_VOICES
-    real = AVDIGITS_VOICES * SYNTHETIC_SHARE
-    return tuple(voice for pair in zip(real, synthetic_voices()) for voice in pair)
-
-
-def plan_clips(labels: np.ndarray, seed: int, num_clips: int | None = None, version: int = 1) -> list[ClipSpec]:
-    """Choose images and assign motions and voices; sorted by image index.
-
-    All images when ``num_clips`` is None, else ``num_clips`` of them, 70/10/20 over the splits. Clip ``p`` of the build
-    (counted across the splits in order, ``p = 10 r + j``) shows the next unused image (seed order) of digit
-    ``digit_order[j]`` in its split, with voice ``pool[(j + r) % len(pool)]`` of the split's :func:`voice_pool` and
-    motion ``(j + 13 r) % 8``: digits, voices and motions are balanced and crossed (version 1: for one digit, r runs
-    through every (voice, motion) pair every 40 rounds).
-    """
-    splits = split_images(labels)
-    per_split = [int(np.sum(splits == s)) for s in SPLITS] if num_clips is None else _split_quotas(num_clips)
-    rng = np.random.default_rng(seed)
-    digit_order = rng.permutation(10)
-    specs, p = [], 0
-    for name, quota in zip(SPLITS, per_split):
-        pools = [list(rng.permutation(np.flatnonzero((labels == d) & (splits == name)))) for d in range(10)]
-        voices = voice_pool(name, version)
-        for _ in range(quota):
-            j, r = p % 10, p // 10
-            digit = int(digit_order[j])
-            specs.append(
-                ClipSpec(
-                    image_index=int(pools[digit].pop()),
-                    digit=digit,
-                    split=name,
-                    motion=AVDIGITS_MOTIONS[(j + 13 * r) % len(AVDIGITS_MOTIONS)],
-                    voice=voices[(j + r) % len(voices)],
-                )
-            )
-            p += 1
-    return sorted(specs, key=lambda s: s.image_index)
+    """``data/av-digits``, with ``-v2`` / ``-v3`` for versions 2 and 3, and ``-tiny`` for the tiny variant."""
+    return AVDIGITS_DIR + (f"-v{version}" if version > 1 else "") + ("-tiny" if tiny else "")
 
 
 # ---------------------------------------------------------------------------------------------------------------- clips
@@ -206,7 +130,8 @@ def _version_text(version: str) -> str:
             "repeats through the window with gaps of 0.05-0.25 s, each copy at the clip's gain (-6..+3 dB) plus "
             "-2..+2 dB, over white noise at 30..45 dB SNR. Training and validation clips also speak in 40 synthetic "
             "voices (eSpeak NG 1.51, eight per language: column `synthetic`); test clips speak only in the five real "
-            "voices.")
+            "voices." + (" Motion, voice, language, the synthetic flag and the digit are independent in every split "
+                         "(a motion is not tied to a voice)." if version == AVDIGITS_VERSIONS[3] else ""))
 
 
 def _readme(build: dict, counts: dict, size_bytes: int) -> str:
@@ -271,7 +196,7 @@ def _count(specs: list[ClipSpec]) -> dict:
 
 
 def built_version(folder: str | Path) -> int | None:
-    """The version (1 or 2) of the AV-Digits build, finished or not, in ``folder``; None when it holds none."""
+    """The version (1, 2 or 3) of the AV-Digits build, finished or not, in ``folder``; None when it holds none."""
     marker = Path(folder) / ".build.json"
     if not marker.is_file():
         return None
@@ -279,7 +204,7 @@ def built_version(folder: str | Path) -> int | None:
     return next(k for k, v in AVDIGITS_VERSIONS.items() if v == recorded)
 
 
-def choose_version(folder: str | Path | None, asked: int | None, default: int = 2) -> int:
+def choose_version(folder: str | Path | None, asked: int | None, default: int = 3) -> int:
     """The version to build or read in ``folder``: the build's own when it holds one (``asked`` differing from it is an
     error), else ``asked``, else ``default``."""
     found = built_version(folder) if folder is not None else None
@@ -317,7 +242,7 @@ def _encode_missing(jobs: list[tuple], total: int, workers: int, progress: bool)
 def _manifest(specs: list[ClipSpec], recipes: dict[int, ClipRecipe], seconds: float, num_samples: int,
               version: int) -> Manifest:
     """One row per clip: label = digit, fold = real voice index (none for a synthetic voice), the window [0, seconds],
-    and the extra label columns (version 2 adds language and synthetic)."""
+    and the extra label columns (versions 2 and 3 add language and synthetic)."""
     synthetic = synthetic_voices() if version > 1 else {}
     rows = []
     for s in specs:
@@ -352,7 +277,7 @@ def prepare_avdigits(
     cache_dir: str | Path | None = None,
     version: int = 1,
 ) -> Path:
-    """Build AV-Digits ``version`` (1 or 2, see the module docstring) into ``out`` and return its ``manifest.csv``.
+    """Build AV-Digits ``version`` (1, 2 or 3, see the module docstring) into ``out`` and return its ``manifest.csv``.
 
     One clip per MNIST image (5,000) by default; ``tiny`` gives :data:`TINY_NUM_CLIPS`; ``num_clips`` overrides both.
     Same arguments give a byte-identical manifest. A finished build with the same arguments returns at once; an

@@ -120,13 +120,14 @@ def add_data_parser(sub) -> None:
         "MP4 files plus manifest.csv (digit, motion, voice labels; image-index split; leave-one-voice-out folds).\n"
         "Version 2 draws the digit larger, repeats the utterance through the window over a lower noise floor, and\n"
         "adds 40 synthetic training voices (never in the test split), so a held-out real voice's language is still\n"
-        "heard in training (docs/AVDIGITS.md). Deterministic by seed; a finished build is reused, an interrupted one\n"
-        "resumes.",
+        "heard in training (docs/AVDIGITS.md). Version 3 (the default) keeps version 2's clips and makes motion, voice,\n"
+        "language, synthetic flag and digit independent in every split. Deterministic by seed; a finished build is\n"
+        "reused, an interrupted one resumes.",
     )
     av.add_argument("--out", default=None,
-                    help=f"output folder (None = {default_dir(1)} for version 1, {default_dir(2)} for version 2; "
-                         "-tiny appended with --tiny)")
-    av.add_argument("--version", type=int, choices=(1, 2), default=1, help="benchmark version")
+                    help=f"output folder (None = {default_dir(3)}, {default_dir(2)} or {default_dir(1)} for "
+                         "versions 3, 2, 1; -tiny appended with --tiny)")
+    av.add_argument("--version", type=int, choices=(1, 2, 3), default=3, help="benchmark version")
     av.add_argument("--tiny", action="store_true", help="a small build for smoke tests")
     av.add_argument("--num-clips", type=int, default=None, help="number of clips (None = 5000, or the tiny size with --tiny)")
     av.add_argument("--seed", type=int, default=0, help="random seed of the build")
