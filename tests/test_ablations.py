@@ -2,7 +2,7 @@
 
 import json
 
-from xkd.ablations import VARIANTS, table
+from xkd.ablations import CEILING, RANDOM, VARIANTS, ceiling_fractions, table
 from xkd.cli import main
 
 
@@ -14,19 +14,23 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
     text = (out / "table.md").read_text()
     assert f"table: {out / 'table.md'}" in capsys.readouterr().out
     for v in VARIANTS:
-        labels = [v.label] if v.method == "mae" else [f"{v.label}: teacher", f"{v.label}: student"]
+        labels = [v.label] if v.method in ("mae", "cav_mae") or v.supervised else [f"{v.label}: teacher",
+                                                                                      f"{v.label}: student"]
         for label in labels:
             score, chosen = [line for line in text.splitlines() if line.startswith(f"| {label} |")]
             assert score.count("±") == 4 and chosen.count("alpha=") == 4, (score, chosen)
         assert (out / v.name / "seed1" / "weights.safetensors").is_file()
-        summary = json.loads((out / v.name / "seed1" / "summary.json").read_text())
-        assert summary["steps"] == summary["schedule_steps"] == 1  # complete schedules
+        if not v.supervised:
+            summary = json.loads((out / v.name / "seed1" / "summary.json").read_text())
+            assert summary["steps"] == summary["schedule_steps"] == 1  # complete schedules
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1] and results["baseline_seeds"] == [100003, 100004]
     # the folder holds a version-1 build: its recipes are run
     assert results["avdigits_version"] == 1 and results["variants"]["mas"]["config"] == "xkd_mas_avdigits_cpu.yaml"
     assert {"xkd/teacher", "xkd/student", "ae/student", "random-init"} <= set(results["top1"])
     assert "| random init (no pretraining; its own seed) |" in text
+    assert "| ceiling fraction: (model - random init) / (supervised - random init) |" in text
+    assert set(results["ceiling_fraction"]["xkd/teacher"]) == {"video digit", "audio digit", "audio+video digit"}
     assert results["overrides"] == ["data.batch_size=4"] and "(every run with data.batch_size=4)" in text
     # the ablation overrides reach the runs
     assert "recon_audio: false" in (out / "recon-video" / "seed0" / "config.yaml").read_text()
@@ -57,3 +61,18 @@ def test_table_reports_mean_and_sample_std_over_seeds():
     assert "| XKD: L_ae + L_kd + L_da: student | 40.0 ± 0.0 |" in text
     assert "| XKD: L_ae + L_kd + L_da: teacher | C=1 (1), 10 (1) |" in text
     assert "| random init (no pretraining; its own seed) | – |" in text
+
+
+def test_ceiling_fraction_is_the_gain_over_random_init_relative_to_the_ceilings():
+    def result(top1):
+        return {"video digit": {"top1": top1, "hparams": {}, "at_edge": []},
+                "video motion": {"top1": top1, "hparams": {}, "at_edge": []}}
+
+    per_seed = {0: {"ae/student": result(0.5), RANDOM: result(0.4), CEILING: result(0.6)},
+                1: {"ae/student": result(0.6), RANDOM: result(0.4), CEILING: result(0.8)}}
+    ae = [v for v in VARIANTS if v.name in ("ae", "supervised")]
+    fractions = ceiling_fractions(per_seed, ae, ["video digit", "video motion"])
+    assert list(fractions) == ["ae/student"] and list(fractions["ae/student"]) == ["video digit"]  # digits only
+    mean, std = fractions["ae/student"]["video digit"]
+    assert abs(mean - 0.5) < 1e-9 and abs(std) < 1e-9  # 0.1 / 0.2 and 0.2 / 0.4
+    assert ceiling_fractions({0: {"ae/student": result(0.5), RANDOM: result(0.4)}}, ae, ["video digit"]) == {}

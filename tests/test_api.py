@@ -102,3 +102,21 @@ def test_load_roles_and_early_stop_are_reported(weights, tmp_path):
     early = xkd.load(tmp_path / "early.safetensors")
     assert early.steps == (3, 10) and early.stopped_early
     assert "STOPPED EARLY at step 3 of a 10-step schedule" in early.describe()
+
+
+def test_a_cav_mae_run_loads_as_its_students(tmp_path):
+    from xkd.api import load_roles
+    from xkd.engine.weights import load_weights
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    cfg.method = "cav-mae"
+    model = XKD(cfg)
+    save_weights_file(model, cfg, tmp_path / "weights.safetensors", step=1)
+    parts, meta = load_weights(tmp_path / "weights.safetensors")
+    assert {"video_projection", "audio_projection", "video_student", "audio_decoder"} <= set(parts)
+    assert meta["method"] == "cav-mae"
+    roles = load_roles(tmp_path)
+    assert list(roles) == ["student"]  # no teachers: the students are the encoders
+    clips = torch.randn(2, 3, 16, 32, 32)
+    torch.testing.assert_close(roles["student"].encode_video(clips), pooled(model.student["video"].encoder(clips)))

@@ -12,13 +12,12 @@ from xkd.datasets.avdigits import (
     AVDIGITS_VOICES,
     load_spoken_digit,
     make_recipe,
-    plan_clips,
     prepare_avdigits,
     render_frames,
     synthetic_voices,
-    voice_pool,
 )
 from xkd.data.manifest import read_manifest
+from xkd.datasets.avdigits_plan import plan_clips, voice_pool
 from xkd.datasets.stats import token_content_stats, visible_content
 
 from test_avdigits import _best_lag_corr, _decode
@@ -145,7 +144,7 @@ def test_version_2_is_deterministic_and_apart_from_version_1(builds, tmp_path, c
         prepare_avdigits(builds[0].parent, num_clips=NUM_CLIPS, seed=0, progress=False, cache_dir=cache_dir,
                          version=2)
     with pytest.raises(ValueError, match="version"):
-        prepare_avdigits(tmp_path / "v3", num_clips=4, progress=False, cache_dir=cache_dir, version=3)
+        prepare_avdigits(tmp_path / "v4", num_clips=4, progress=False, cache_dir=cache_dir, version=4)
 
 
 def test_audio_oracle_features_are_finite_and_shaped(builds):
@@ -169,19 +168,20 @@ def test_a_folder_says_which_version_it_holds(builds, tmp_path):
     v1, v2 = (m.parent for m in builds)
     assert (avd.built_version(v1), avd.built_version(v2), avd.built_version(tmp_path)) == (1, 2, None)
     assert avd.choose_version(v1, None) == 1 and avd.choose_version(v2, 2) == 2
-    assert avd.choose_version(tmp_path, None) == 2 and avd.choose_version(None, 1) == 1  # nothing built: asked, else 2
+    assert avd.choose_version(tmp_path, None) == 3 and avd.choose_version(None, 1) == 1  # nothing built: asked, else 3
     with pytest.raises(ValueError, match="holds AV-Digits version 2, not 1; pass --version 2"):
         avd.choose_version(v2, 1)
 
 
-@pytest.mark.parametrize("method", ["xkd", "mae", "xkd_mas", "xkd_mats"])
-def test_version_2_recipes_are_the_version_1_recipes_on_the_version_2_data(method):
+@pytest.mark.parametrize("version", [2, 3])
+@pytest.mark.parametrize("method", ["xkd", "mae", "xkd_mas", "xkd_mats", "cav_mae"])
+def test_later_recipes_are_the_version_1_recipes_on_their_data(method, version):
     from xkd.config import to_dict
     from xkd.demo import avdigits_recipe
 
-    v1, v2 = (load_config(PretrainConfig, f"configs/pretrain/{avdigits_recipe(method, v)}") for v in (1, 2))
-    assert v2.data.manifest == "data/av-digits-v2/manifest.csv" and v1.data.manifest == "data/av-digits/manifest.csv"
-    assert v2.data.logmel != v1.data.logmel
+    v1, vn = (load_config(PretrainConfig, f"configs/pretrain/{avdigits_recipe(method, v)}") for v in (1, version))
+    assert vn.data.manifest == f"data/av-digits-v{version}/manifest.csv"
+    assert v1.data.manifest == "data/av-digits/manifest.csv" and vn.data.logmel != v1.data.logmel
     for section in ("model", "loss", "optim"):
-        assert to_dict(getattr(v1, section)) == to_dict(getattr(v2, section)), section
-    assert v1.method == v2.method
+        assert to_dict(getattr(v1, section)) == to_dict(getattr(vn, section)), section
+    assert v1.method == vn.method

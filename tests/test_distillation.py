@@ -149,3 +149,51 @@ def test_center_is_all_reduced_across_two_ranks(tmp_path):
         center = torch.load(tmp_path / f"center{rank}.pt")
         assert center.dtype == torch.float32
         torch.testing.assert_close(center, expected, rtol=1e-6, atol=1e-7)
+
+
+def _sinkhorn_worker(rank, world_size, init_file, out_dir):
+    from xkd.losses.distillation import sinkhorn_knopp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        scores = rank_views(rank)[0] * (3.0 + rank)  # ranks of different sizes and score ranges
+        torch.save(sinkhorn_knopp(scores, 0.5, iters=3), f"{out_dir}/q{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sinkhorn_balances_the_global_batch_across_ranks(tmp_path):
+    from xkd.losses.distillation import sinkhorn_knopp
+
+    mp.spawn(_sinkhorn_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    union = torch.cat([rank_views(rank)[0] * (3.0 + rank) for rank in range(2)])  # [3 + 5, 4]
+    expected = sinkhorn_knopp(union, 0.5, iters=3)
+    got = torch.cat([torch.load(tmp_path / f"q{rank}.pt") for rank in range(2)])
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sinkhorn_targets_are_distributions_balanced_over_the_prototypes():
+    from xkd.losses.distillation import entropy, sinkhorn_knopp
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(64, 8, generator=g) * 3 + torch.linspace(0, 6, 8)  # prototype 7 wins most softmaxes
+    q = sinkhorn_knopp(scores, temperature=0.5, iters=50)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(64))
+    torch.testing.assert_close(q.sum(dim=0), torch.full((8,), 8.0), rtol=1e-3, atol=1e-3)
+    soft = torch.softmax(scores / 0.5, dim=1)
+    assert entropy(q.mean(0)) > entropy(soft.mean(0)) + 0.4  # the batch spreads over the prototypes
+    few = sinkhorn_knopp(scores, temperature=0.5, iters=3)
+    assert (few.sum(dim=0) - 8).abs().max() < (soft.sum(dim=0) - 8).abs().max() / 2
+    torch.testing.assert_close(sinkhorn_knopp(scores + 100.0, 0.5, 3), few)  # a shift of the scores changes nothing
+
+
+def test_the_loss_reports_its_teachers_entropies_and_sinkhorn_leaves_the_centre():
+    g = torch.Generator().manual_seed(1)
+    student, teacher = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    loss = CrossModalDINOLoss(32, teacher_temps=[0.07], assignment="sinkhorn")
+    loss([student], [teacher])
+    assert torch.equal(loss.center, torch.zeros(1, 32))
+    assert 0 < loss.stats["teacher_entropy"] < loss.stats["teacher_marginal_entropy"] <= math.log(32) + 1e-5
+    with pytest.raises(ValueError, match="assignment"):
+        CrossModalDINOLoss(32, assignment="balanced")

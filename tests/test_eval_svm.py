@@ -175,3 +175,17 @@ def test_ridge_finds_the_signal_and_chooses_alpha_without_the_test_split():
     noise = FeatureSet(rng.normal(size=test.features.shape), test.video_ids, (test.labels + 1) % 4, CLASS_NAMES)
     other = ridge_protocol(train, noise)
     assert other["alpha"] == reference["alpha"] and other["val_top1"] == reference["val_top1"]
+
+
+def test_ridge_on_collinear_features_does_not_warn():
+    import warnings
+
+    from xkd.eval.features import FeatureSet
+    from xkd.eval.svm import fit_ridge
+
+    rng = np.random.default_rng(0)  # float32 features of rank 20 in 128 columns: SciPy warns at alpha 0.01
+    features = (rng.normal(size=(3500, 20)) @ rng.normal(size=(20, 128))).astype(np.float32)
+    train = FeatureSet(features, np.arange(3500), rng.integers(0, 10, 3500), [str(c) for c in range(10)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_ridge(train, alpha=1e-2)

@@ -77,3 +77,16 @@ def test_a_resumed_fsdp_run_equals_an_uninterrupted_one(runs):
 def test_resuming_under_the_other_strategy_is_refused(runs, shards):
     done = torchrun(shards, runs / "ddp", "run.strategy=fsdp", steps=6, resume=True)
     assert done.returncode != 0 and "written with run.strategy=ddp" in done.stderr
+
+
+def test_cav_mae_under_fsdp_equals_ddp(shards, tmp_path):
+    """The projections are sharded and the InfoNCE gathers its keys across ranks alike under both strategies."""
+    cav = ["method=cav-mae", "loss.contrastive_coeff=1", "model.projection_dim=16"]
+    ok(torchrun(shards, tmp_path / "ddp", *cav, steps=3))
+    ok(torchrun(shards, tmp_path / "fsdp", *cav, "run.strategy=fsdp", steps=3))
+    a, _ = weights(tmp_path / "ddp" / "weights.safetensors")
+    b, _ = weights(tmp_path / "fsdp" / "weights.safetensors")
+    assert a.keys() == b.keys() and "video_projection.weight" in a and not any("teacher" in k for k in a)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+    assert min(read_metrics(tmp_path / "fsdp")["contrastive"]) > 0

@@ -81,6 +81,21 @@ def test_steps_complete_the_schedule_and_max_steps_says_it_stopped_early(avdigit
     assert (meta["step"], meta["schedule_steps"]) == ("4", "30")
 
 
+def test_snapshots_hold_the_weights_of_their_step(avdigits_tiny, tmp_path):
+    from xkd.engine.pretrain import snapshots
+
+    cfg = tiny_cfg(avdigits_tiny, "run.snapshot_every=2", "run.seed=3")
+    pretrain(cfg, tmp_path / "run", max_steps=5, progress=False)
+    found = snapshots(tmp_path / "run")
+    assert [step for step, _ in found] == [2, 4, 5] and found[-1][1].name == "weights.safetensors"
+    pretrain(tiny_cfg(avdigits_tiny, "run.seed=3"), tmp_path / "stop4", max_steps=4, progress=False)
+    a, meta = weights(found[1][1])
+    b, _ = weights(tmp_path / "stop4" / "weights.safetensors")
+    assert meta["step"] == "4" and a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
 def test_a_finished_run_is_reused_only_for_the_same_config(avdigits_tiny, tmp_path):
     out = tmp_path / "run"
     weights_file = pretrain_or_reuse(tiny_cfg(avdigits_tiny), out, steps=2, progress=False)
@@ -116,8 +131,11 @@ def test_nonfinite_loss_stops_with_the_step_and_term(avdigits_tiny, tmp_path):
     assert summary["skipped_steps"] > 0
 
 
-def test_two_process_ddp_equals_one_process(avdigits_tiny, tmp_path):
-    common = [f"data.manifest={avdigits_tiny}", *TINY, "loss.da=false"]
+@pytest.mark.parametrize("objective", [["loss.da=false"], ["method=cav-mae", "loss.contrastive_coeff=1"]],
+                         ids=["xkd-kd", "cav-mae"])
+def test_two_process_ddp_equals_one_process(avdigits_tiny, tmp_path, objective):
+    # cav-mae: the InfoNCE of 2 x 4 clips on two ranks must be the InfoNCE of the 8 clips (keys gathered across ranks)
+    common = [f"data.manifest={avdigits_tiny}", *TINY, *objective]
     single = load_config(PretrainConfig, CONFIG, [*common, "data.batch_size=8"])
     pretrain(single, tmp_path / "single", max_steps=2, progress=False)
 

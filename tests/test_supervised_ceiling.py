@@ -1,27 +1,15 @@
-"""tools/supervised_ceiling.py: the recipe's encoders taught by a label column learn it, and the weights it writes are
-read back by xkd.api.load as the students."""
-
-import importlib.util
-from pathlib import Path
+"""The supervised ceiling (xkd.engine.supervised, tools/supervised_ceiling.py): the recipe's encoders taught by a label
+column learn it, and the weights it writes are read back by xkd.api.load as the students."""
 
 import torch
 
 from xkd.api import load
+from xkd.engine import supervised as tool
 
 from eval_fixtures import tiny_config, write_separable
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "supervised_ceiling.py"
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location("supervised_ceiling", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_label_teaches_the_encoders_and_weights_load(tmp_path):
-    tool = _tool()
     manifest = write_separable(tmp_path / "data", per_class_train=8)
     cfg = tiny_config(f"data.manifest={manifest}", "data.batch_size=8", "data.num_workers=0", "optim.lr=3e-3")
     encoders, history = tool.train(cfg, "shade", steps=32, masked=True, progress=False)

@@ -29,6 +29,8 @@ CASES = [
     ("xkd-mas", {}),
     ("xkd-mats", {}),
     ("mae", {}),
+    ("cav-mae", {}),
+    ("cav-mae", {"contrastive_view": "whole", "contrastive_symmetric": False}),
     ("xkd", {"recon_audio": False}),
     ("xkd", {"recon_video": False}),
     ("xkd", {"da": False}),
@@ -36,6 +38,7 @@ CASES = [
     ("xkd", {"refine": False}),
     ("xkd", {"teacher_view": "global"}),
     ("xkd", {"refine_mode": "softmax"}),
+    ("xkd", {"teacher_assignment": "sinkhorn"}),
 ]
 
 

@@ -1,12 +1,9 @@
-"""What the pretraining budget allows a recipe's encoders to learn about a label when the label itself teaches them.
+"""What the pretraining budget allows a recipe's encoders to learn about a label when the label itself teaches them
+(:mod:`xkd.engine.supervised`): the recipe's video and audio students trained with cross-entropy on a manifest column
+for the same steps, saved as an xkd weights file (students) that ``xkd eval`` reads.
 
-Trains the video and the audio student of a pretraining recipe (same architecture, views, masking, optimiser,
-schedule, batch and steps as ``xkd pretrain``) with cross-entropy on a manifest column (default ``digit``) through a
-linear head on the mean of the patch tokens, then saves them as an xkd weights file (students) that ``xkd eval`` reads.
-It is the ceiling of cross-modal distillation: a perfect audio teacher would hand the video student exactly the digit.
-
-    python tools/supervised_ceiling.py --config configs/pretrain/xkd_avdigits_v2_cpu.yaml --steps 400 --out RUN
-    xkd eval ridge --weights RUN --dataset av-digits:data/av-digits-v2 --split val --train-clips 1 --test-clips 1
+    python tools/supervised_ceiling.py --config configs/pretrain/xkd_avdigits_v3_cpu.yaml --steps 400 --no-mask --out RUN
+    xkd eval ridge --weights RUN --dataset av-digits:data/av-digits-v3 --split val --train-clips 1 --test-clips 1
 
 ``--no-mask`` trains on whole views instead of the students' masked ones. Only the training split's labels are read.
 """
@@ -14,83 +11,16 @@ It is the ceiling of cross-modal distillation: a perfect audio teacher would han
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.nn import functional as F
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig
 from xkd.config_io import load_config
-from xkd.data.dataset import collate_clips
-from xkd.data.views import pretrain_dataset
-from xkd.data.workers import init_worker, threads_beside_workers
-from xkd.engine.optim import apply_schedules, build_optimizer, param_groups
-from xkd.engine.schedules import cosine_schedule
-from xkd.engine.weights import PRETRAIN_FORMAT, WEIGHTS_FILE, encoder_part, save_weights, weights_metadata
-from xkd.models.encoder import audio_encoder, pooled, video_encoder
-
-
-def train(
-    cfg: PretrainConfig, column: str, steps: int, masked: bool, progress: bool = True
-) -> tuple[dict[str, nn.Module], dict[str, list[float]]]:
-    """The video and audio encoders of ``cfg`` after ``steps`` supervised steps on ``column`` ({modality: encoder}),
-    and each modality's cross-entropy per step ({modality: [steps]})."""
-    torch.manual_seed(cfg.run.seed)
-    dataset = pretrain_dataset(cfg)
-    names = dataset.manifest.labels_of(column)
-    classes = sorted(set(names))
-    labels = torch.tensor([classes.index(n) for n in names])
-    encoders = {"video": video_encoder(cfg.model), "audio": audio_encoder(cfg.model)}
-    heads = {m: nn.Linear(cfg.model.encoder.dim, len(classes)) for m in encoders}
-    ratios = {"video": cfg.loss.video_mask_ratio, "audio": cfg.loss.audio_mask_ratio} if masked else {}
-    groups = param_groups({**encoders, **{f"{m}_head": h for m, h in heads.items()}}, cfg.optim.decay_embeddings)
-    optimizer = build_optimizer(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
-    warmup = round(steps * cfg.optim.warmup_epochs / cfg.optim.epochs)
-    lrs = cosine_schedule(cfg.optim.lr, cfg.optim.final_lr, steps, warmup)
-    generator = torch.Generator().manual_seed(cfg.run.seed)
-    loader_seed = 0
-    history: dict[str, list[float]] = {m: [] for m in encoders}
-    step, bar = 0, tqdm(total=steps, desc="supervised", unit="step", disable=not progress)
-    while step < steps:
-        dataset.set_epoch(loader_seed)
-        loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
-                            num_workers=cfg.data.num_workers, collate_fn=collate_clips, worker_init_fn=init_worker,
-                            generator=torch.Generator().manual_seed(cfg.run.seed + loader_seed))
-        loader_seed += 1
-        for batch in loader:
-            if step == steps:
-                break
-            apply_schedules(optimizer, float(lrs[step]), cfg.optim.weight_decay)
-            target = labels[batch["index"]]
-            inputs = {"video": batch["frames"][0], "audio": batch["audio"][0]}
-            losses = {}
-            for m, enc in encoders.items():
-                out = enc(inputs[m], mask_ratio=ratios.get(m, 0.0), generator=generator)
-                losses[m] = F.cross_entropy(heads[m](pooled(out)), target)
-            optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizer.step()
-            for m, v in losses.items():
-                history[m].append(v.item())
-            step += 1
-            bar.update(1)
-            bar.set_postfix({m: f"{values[-1]:.3f}" for m, values in history.items()})
-    bar.close()
-    return encoders, history
-
-
-def save(encoders: dict[str, nn.Module], cfg: PretrainConfig, out: Path, steps: int, how: str) -> Path:
-    """Write the encoders as the students of an xkd weights file, ``out/weights.safetensors``."""
-    out.mkdir(parents=True, exist_ok=True)
-    parts = {encoder_part(m, "student"): enc.state_dict() for m, enc in encoders.items()}
-    meta = weights_metadata(PRETRAIN_FORMAT, dataclasses.asdict(cfg), step=str(steps), supervised=how)
-    return save_weights(out / WEIGHTS_FILE, parts, meta)
+from xkd.data.workers import threads_beside_workers
+from xkd.engine.supervised import save, train
 
 
 def main() -> None:

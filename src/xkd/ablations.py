@@ -1,7 +1,7 @@
 """``xkd ablations``: the XKD paper's ablations on AV-Digits over several seeds, as one table (docs/REPRODUCTION.md).
 
-Each variant is a CPU recipe of the AV-Digits version run (``configs/pretrain/*_avdigits_v2_cpu.yaml`` for version 2,
-``*_avdigits_cpu.yaml`` for version 1) plus overrides. Every (variant, seed) pretrains
+Each variant is a CPU recipe of the AV-Digits version run (``configs/pretrain/*_avdigits_v3_cpu.yaml`` for version 3,
+``*_v2_cpu.yaml`` for version 2, ``*_avdigits_cpu.yaml`` for version 1) plus overrides. Every (variant, seed) pretrains
 a complete schedule of ``steps`` steps into ``<out>/<variant>/seed<k>`` (finished runs are reused, interrupted ones
 resumed); then all models of a seed (teachers and students of the variants that have teachers) and a random-init
 encoder built from its own seed (:func:`xkd.api.baseline_seed`) are evaluated together with the ridge classifier on
@@ -37,6 +37,7 @@ class Variant:
     label: str  # table row
     method: str  # its CPU recipe, per AV-Digits version (:func:`xkd.demo.avdigits_recipe`)
     overrides: tuple[str, ...] = ()
+    supervised: bool = False  # the recipe's encoders taught the digit instead (xkd.engine.supervised)
 
 
 VARIANTS = (
@@ -51,7 +52,11 @@ VARIANTS = (
             ("loss.teacher_view=global",)),
     Variant("mas", "XKD-MAS (shared student)", "xkd_mas"),
     Variant("mats", "XKD-MATS (shared student and teacher)", "xkd_mats"),
+    Variant("cav-mae", "CAV-MAE: L_ae + cross-modal InfoNCE", "cav_mae"),
+    Variant("supervised", "supervised ceiling (the digit taught on whole views, same steps)", "xkd", supervised=True),
 )
+CEILING = "supervised/student"
+CEILING_TASKS = ("video digit", "audio digit", "audio+video digit")  # the tasks whose label the ceiling is taught
 BY_NAME = {v.name: v for v in VARIANTS}
 
 
@@ -113,6 +118,40 @@ def table(per_seed: dict[int, dict[str, dict]], variants: list[Variant], tasks: 
     return "\n".join(lines) + "\n\n" + "\n".join(chosen)
 
 
+def ceiling_fractions(per_seed: dict[int, dict[str, dict]], variants: list[Variant],
+                      tasks: list[str]) -> dict[str, dict[str, tuple[float, float]]]:
+    """``{model key: {task: (mean, sample std)}}`` over seeds of (model - random init) / (ceiling - random init), the
+    gain over random init as a fraction of the supervised ceiling's, for the tasks the ceiling is taught; empty when
+    the grid has no ceiling."""
+    seeds = sorted(per_seed)
+    if not all(CEILING in per_seed[s] for s in seeds):
+        return {}
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for key, _ in rows(per_seed, variants):
+        if key in (CEILING, RANDOM):
+            continue
+        for task in (t for t in tasks if t in CEILING_TASKS):
+            if all(task in per_seed[s].get(key, {}) for s in seeds):
+                values = []
+                for s in seeds:
+                    floor, top = per_seed[s][RANDOM][task]["top1"], per_seed[s][CEILING][task]["top1"]
+                    gain = per_seed[s][key][task]["top1"] - floor
+                    values.append(gain / (top - floor) if top != floor else float("nan"))
+                out.setdefault(key, {})[task] = _mean_std(values)
+    return out
+
+
+def fraction_table(fractions: dict[str, dict[str, tuple[float, float]]]) -> str:
+    """Markdown table of :func:`ceiling_fractions`: a row per model, mean ± std over seeds."""
+    tasks = list(dict.fromkeys(t for per_task in fractions.values() for t in per_task))
+    lines = ["| ceiling fraction: (model - random init) / (supervised - random init) | " + " | ".join(tasks) + " |",
+             "|---|" + "---:|" * len(tasks)]
+    for key, per_task in fractions.items():
+        cells = [f"{per_task[t][0]:.2f} ± {per_task[t][1]:.2f}" if t in per_task else "–" for t in tasks]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_ablations(
     out: str | Path = "runs/ablations",
     data_dir: str | Path | None = None,
@@ -128,11 +167,12 @@ def run_ablations(
 ) -> Path:
     """Run the grid into ``out`` and return the path of ``table.md``; ``overrides`` (``key=value``) apply to every
     run, before each variant's own; ``split`` is the split scored ("test", or "val" to choose a recipe). AV-Digits
-    ``version``: the build's in ``data_dir`` when there is one, else 2; ``data_dir`` defaults to its folder."""
+    ``version``: the build's in ``data_dir`` when there is one, else 3; ``data_dir`` defaults to its folder."""
     from xkd.api import baseline_seed, random_encoders
     from xkd.datasets.avdigits import choose_version, default_dir, prepare_avdigits
     from xkd.demo import avdigits_recipe, cpu_recipe
     from xkd.engine.pretrain import pretrain_or_reuse
+    from xkd.engine.supervised import supervised_or_reuse
     from xkd.eval.run import EvalOptions, evaluate_many
     from xkd.eval.tasks import tasks_for
 
@@ -165,7 +205,10 @@ def run_ablations(
             run_dir = out / v.name / f"seed{seed}"
             cfg = cpu_recipe(avdigits_recipe(v.method, version), common + list(v.overrides))
             with _timed(timings, f"pretrain {v.name} seed{seed}", timings_path):
-                pretrain_or_reuse(cfg, run_dir, steps, progress=progress)
+                if v.supervised:
+                    supervised_or_reuse(cfg, run_dir, steps, progress=progress)
+                else:
+                    pretrain_or_reuse(cfg, run_dir, steps, progress=progress)
             for role, encoders in load_roles(run_dir).items():
                 models[f"{v.name}/{role}"] = encoders
         base = cpu_recipe(avdigits_recipe("xkd", version), common)
@@ -181,6 +224,9 @@ def run_ablations(
         per_seed[seed] = compact
 
     text = table(per_seed, chosen, task_names)
+    fractions = ceiling_fractions(per_seed, chosen, task_names)
+    if fractions:
+        text += "\n\n" + fraction_table(fractions)
     summary = {
         "steps": steps,
         "split": split,
@@ -193,6 +239,7 @@ def run_ablations(
         "top1": {key: {t: _mean_std([per_seed[s][key][t]["top1"] for s in seeds]) for t in task_names
                        if all(t in per_seed[s].get(key, {}) for s in seeds)}
                  for key, _ in rows(per_seed, chosen)},
+        "ceiling_fraction": fractions,
         "timings_s": timings,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))

@@ -7,7 +7,7 @@
     xkd pretrain --config FILE [--set k=v ...]            XKD / MAS / MATS / MAE pretraining
     xkd extract --weights W --input FILE|DIR|MANIFEST --out FEATURES.npz
     xkd eval PROTOCOL --weights W --dataset D [--fold K]   svm, linear, knn, retrieval, finetune
-    xkd demo [--out DIR] [--quick]                         AV-Digits end to end, with a report
+    xkd demo [--out DIR] [--quick]                         AV-Digits end to end: XKD, CAV-MAE, MAE, a report
     xkd ablations [--out DIR] [--steps N] [--seeds ...]    the paper's ablations on AV-Digits, one table
     xkd clusters --weights W [--dataset D]                what a run's teacher clusters carry (NMI with labels)
     xkd convert-official SRC OUT.safetensors              official XKD release weights -> our weights file
@@ -74,7 +74,7 @@ def _cmd_demo(args) -> int:
     from xkd.demo import run_demo
 
     report = run_demo(args.out, quick=args.quick, data_dir=args.data, steps=args.steps, workers=args.workers,
-                      version=args.version)
+                      version=args.version, curve_points=args.curve_points)
     print(report.read_text())
     print(f"report: {report}")
     return 0
@@ -84,20 +84,24 @@ def _demo_parser(sub) -> None:
     p = add_command(
         sub,
         "demo",
-        "the whole method on a CPU: build AV-Digits, pretrain XKD and MAE, evaluate, write a report",
-        "Build AV-Digits if missing, pretrain XKD and the MAE-only baseline with the CPU recipes, evaluate XKD,\n"
-        "MAE-only and a random-init encoder (ridge classifier: video digit, video motion, audio digit leave-one-voice-out,\n"
-        "audio+video digit) and write report.md (table, loss curves, 2-D feature projection). Finished steps are\n"
-        "reused when the demo runs again with the same --out.",
+        "the whole method on a CPU: build AV-Digits, pretrain XKD, CAV-MAE and MAE, evaluate, write a report",
+        "Build AV-Digits if missing; pretrain XKD, the contrastive objective (CAV-MAE) and the MAE-only baseline with\n"
+        "the CPU recipes, keeping weights along each run, and teach the same encoders the digit (the supervised\n"
+        "ceiling); evaluate them and random-init encoders of 3 seeds (ridge classifier: video digit, video motion,\n"
+        "audio digit leave-one-voice-out, audio+video digit; test split); score the kept weights on the val split;\n"
+        "write report.md (table, learning curves, loss curves, 2-D feature projection). Finished steps are reused\n"
+        "when the demo runs again with the same --out.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps: a smoke test of the pipeline")
     p.add_argument("--data", default=None,
-                   help="AV-Digits folder (None = data/av-digits-v2, data/av-digits for --version 1; "
-                        "-tiny with --quick)")
-    p.add_argument("--version", type=int, choices=(1, 2), default=None,
-                   help="AV-Digits version and its CPU recipes (None = the build's in --data, else 2)")
+                   help="AV-Digits folder (None = data/av-digits-v3, or data/av-digits-v2 / data/av-digits for "
+                        "--version 2 / 1; -tiny with --quick)")
+    p.add_argument("--version", type=int, choices=(1, 2, 3), default=None,
+                   help="AV-Digits version and its CPU recipes (None = the build's in --data, else 3)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps per model (None = 400, 12 with --quick)")
+    p.add_argument("--curve-points", type=int, default=4,
+                   help="weights scored along each run for the learning curves (the last is the final weights)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes")
     p.set_defaults(func=_cmd_demo)
 
@@ -132,10 +136,10 @@ def _ablations_parser(sub) -> None:
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
     p.add_argument("--data", default=None,
-                   help="AV-Digits folder, built there if missing (None = data/av-digits-v2, data/av-digits for "
-                        "--version 1)")
-    p.add_argument("--version", type=int, choices=(1, 2), default=None,
-                   help="AV-Digits version and its CPU recipes (None = the build's in --data, else 2)")
+                   help="AV-Digits folder, built there if missing (None = data/av-digits-v3, or data/av-digits-v2 / "
+                        "data/av-digits for --version 2 / 1)")
+    p.add_argument("--version", type=int, choices=(1, 2, 3), default=None,
+                   help="AV-Digits version and its CPU recipes (None = the build's in --data, else 3)")
     p.add_argument("--steps", type=int, default=400, help="pretraining steps per run: the length of its schedule")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
     p.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,

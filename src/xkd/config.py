@@ -119,6 +119,7 @@ class ModelConfig:
     video_patch: tuple[int, int, int] = (4, 16, 16)  # time, height, width
     spec_size: tuple[int, int] = (80, 448)  # mel bins, frames
     audio_patch: tuple[int, int] = (4, 16)  # freq, time
+    projection_dim: int = 256  # cav-mae: a linear projection per modality before the InfoNCE; 0 = none (CAV-MAE)
 
 
 @dataclass
@@ -145,10 +146,18 @@ class LossConfig:
     audio_teacher_temp_warmup: float = 0.07
     teacher_temp_warmup_epochs: int = 30
     center_momentum: float = 0.9
+    teacher_assignment: Literal["center", "sinkhorn"] = "center"  # sinkhorn: balanced targets (small data; CONFIG.md)
+    sinkhorn_iters: int = 3
     mmd_gammas: tuple[float, ...] = (1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0, 1000.0)
     ema_start: float = 0.997
     ema_end: float = 1.0
     mats_double_ema: bool = True  # MATS: EMA the shared teacher blocks once per modality (the released code)
+    # cav-mae: InfoNCE between the pooled video and audio embeddings of a clip (CAV-MAE; docs/CONFIG.md)
+    contrastive_coeff: float = 0.025  # CAV-MAE's 0.01 against the sum of the two reconstruction terms
+    contrastive_temp: float = 0.05
+    contrastive_symmetric: bool = True  # False = video -> audio only, as CAV-MAE's released code
+    contrastive_view: Literal["masked", "whole"] = "masked"  # masked = the students' masked global views (CAV-MAE)
+    contrastive_standardize: bool = False  # standardise each dimension over the global batch before the InfoNCE
 
 
 @dataclass
@@ -176,6 +185,7 @@ class RunConfig:
     max_steps: int = 0  # 0 = run all epochs
     checkpoint_every: int = 500  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 3  # run checkpoints kept on disk (the newest ones)
+    snapshot_every: int = 0  # steps between weight snapshots (snapshots/step_*.safetensors, all kept); 0 = none
     log_every: int = 10  # steps
     epoch_size: int = 0  # samples per epoch; 0 = the manifest's size (rounded down to whole steps)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss stops the run, or skips the step and counts it
@@ -188,7 +198,7 @@ class RunConfig:
 class PretrainConfig:
     """Top-level pretraining config: ``xkd pretrain --config FILE``."""
 
-    method: Literal["xkd", "xkd-mas", "xkd-mats", "mae"] = "xkd"
+    method: Literal["xkd", "xkd-mas", "xkd-mats", "mae", "cav-mae"] = "xkd"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -1,14 +1,17 @@
 """``xkd demo``: the whole method on a laptop CPU, from raw data to a report.
 
-1. builds AV-Digits (version 2 unless told otherwise) if it is missing;
-2. pretrains XKD and the MAE-only baseline with the version's CPU recipes (``configs/pretrain/*_avdigits_v2_cpu.yaml``
-   or ``*_avdigits_cpu.yaml``), each with its schedule (learning rate, weight decay, EMA momentum, warm-ups) sized to
-   the ``steps`` the demo runs;
-3. evaluates XKD's teachers and students, MAE-only and a random-init encoder (its own seed, not the pretraining one)
-   with a ridge classifier on standardised features (docs/EVALUATION.md) on four tasks: video digit, video motion, audio digit (leave-one-voice-out) and audio+video
-   digit;
-4. writes ``report.md`` with the table, the settings the classifier chose, the loss curves and a 2-D projection of the
-   video features coloured by digit.
+1. builds AV-Digits (version 3 unless told otherwise) if it is missing;
+2. pretrains XKD, the contrastive objective (CAV-MAE) and the MAE-only baseline with the version's CPU recipes
+   (``configs/pretrain/*_avdigits_v3_cpu.yaml``), each with its schedule sized to the ``steps`` the demo runs and
+   keeping its weights at a few points along the way, and teaches the same encoders the digit for the same steps
+   (the supervised ceiling, :mod:`xkd.engine.supervised`);
+3. evaluates XKD's teachers and students, the contrastive and MAE-only encoders, the ceiling and random-init encoders
+   of three seeds (never a pretraining seed) with a ridge classifier on standardised features (docs/EVALUATION.md)
+   on four test tasks: video digit, video motion, audio digit (leave-one-voice-out) and audio+video digit;
+4. scores the kept weights on the val split (video digit, audio digit; classifiers trained on 100 videos per digit)
+   for the learning curves;
+5. writes ``report.md`` with the table, the learning curves, the loss curves and a 2-D projection of the video
+   features coloured by digit.
 
 Runs are kept in the output folder: running the demo again reuses finished steps.
 """
@@ -29,6 +32,10 @@ from xkd.datasets.avdigits import choose_version, default_dir
 
 log = logging.getLogger(__name__)
 
+RANDOM_SEEDS = (0, 1, 2)  # random-init encoders of baseline_seed(k): the table's spread of an untrained encoder
+CURVE_TASKS = ("video digit", "audio digit")
+CURVE_TRAIN_PER_DIGIT = 100  # training videos per digit of the curves' classifiers (the table's use all 3,500)
+
 
 @dataclass
 class DemoPlan:
@@ -39,13 +46,18 @@ class DemoPlan:
     steps: int
     workers: int
     version: int  # of AV-Digits
+    curve_points: int  # weights kept along each run (the last is the final weights)
 
     @classmethod
     def make(cls, quick: bool, data_dir: str | None, steps: int | None, workers: int,
-             version: int | None = None) -> "DemoPlan":
+             version: int | None = None, curve_points: int = 4) -> "DemoPlan":
         version = choose_version(data_dir, version)
         return cls(Path(data_dir or default_dir(version, tiny=quick)), quick, steps or (12 if quick else 400), workers,
-                   version)
+                   version, max(1, min(curve_points, steps or 12)))
+
+    @property
+    def snapshot_every(self) -> int:
+        return self.steps // self.curve_points if self.curve_points > 1 else 0
 
 
 _DATA_TEXT = {
@@ -53,13 +65,17 @@ _DATA_TEXT = {
     2: "real MNIST digits at 55-75% of the frame height animated with 8 motions, paired by class with real spoken "
        "digits repeated through the clip, in 5 real voices and, for training only, 40 synthetic ones; "
        "docs/AVDIGITS.md",
+    3: "version 2's clips (real MNIST digits at 55-75% of the frame height, 8 motions, real spoken digits repeated "
+       "through the clip in 5 real voices and, for training only, 40 synthetic ones) with motion, voice and digit "
+       "independent in every split; docs/AVDIGITS.md",
 }
+OBJECTIVES = {"XKD": "xkd", "contrastive": "cav_mae", "MAE-only": "mae"}  # table name -> recipe method
 
 
 def avdigits_recipe(method: str, version: int) -> str:
-    """The ``configs/pretrain`` file of the CPU recipe of ``method`` ("xkd", "mae", "xkd_mas", "xkd_mats") for
-    AV-Digits ``version``."""
-    return f"{method}_avdigits{'_v2' if version == 2 else ''}_cpu.yaml"
+    """The ``configs/pretrain`` file of the CPU recipe of ``method`` ("xkd", "mae", "cav_mae", "xkd_mas", "xkd_mats")
+    for AV-Digits ``version``."""
+    return f"{method}_avdigits{f'_v{version}' if version > 1 else ''}_cpu.yaml"
 
 
 def cpu_recipe(name: str, overrides: list[str]) -> PretrainConfig:
@@ -67,25 +83,27 @@ def cpu_recipe(name: str, overrides: list[str]) -> PretrainConfig:
     return load_config(PretrainConfig, recipe_file("pretrain", name), overrides)
 
 
-def _config(name: str, manifest: Path, plan: DemoPlan) -> PretrainConfig:
+def _config(name: str, manifest: Path, plan: DemoPlan, snapshots: bool = True) -> PretrainConfig:
     return cpu_recipe(name, [f"data.manifest={manifest}", f"data.num_workers={plan.workers}",
-                             f"run.log_every={max(1, min(10, plan.steps // 10))}"])
+                             f"run.log_every={max(1, min(10, plan.steps // 10))}",
+                             f"run.snapshot_every={plan.snapshot_every if snapshots else 0}"])
 
 
-def _plot_curves(runs: dict[str, Path], path: Path) -> Path:
+def _plot_losses(runs: dict[str, Path], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     from xkd.engine.logger import read_metrics
 
-    fig = Figure(figsize=(10, 3.2))
-    keys = [("recon_video", "video reconstruction"), ("recon_audio", "audio reconstruction"), ("kd", "KD (XKD)")]
+    fig = Figure(figsize=(13, 3.2))
+    keys = [("recon_video", "video reconstruction"), ("recon_audio", "audio reconstruction"), ("kd", "KD (XKD)"),
+            ("contrastive", "InfoNCE (contrastive; ln B at chance)")]
     for i, (key, title) in enumerate(keys):
         ax = fig.add_subplot(1, len(keys), i + 1)
         for name, run in runs.items():
             m = read_metrics(run)
             if key in m:
                 ax.plot(m["step"], m[key], label=name)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -111,96 +129,165 @@ def _plot_projection(features: dict[str, tuple[np.ndarray, np.ndarray]], path: P
     return path
 
 
+def _seed_spread(results: dict[str, dict], names: list[str], task: str) -> tuple[float, float]:
+    """Mean and sample std over the models ``names`` of their top-1 on ``task`` (mean over its folds)."""
+    from xkd.eval.metrics import mean_std
+
+    return mean_std([results[n][task]["summary"]["top1"]["mean"] for n in names], ddof=1 if len(names) > 1 else 0)
+
+
+def demo_table(results: dict[str, dict], columns: dict[str, list[str]], tasks: list[str]) -> str:
+    """Markdown: one row per task, one column per entry of ``columns`` (header -> the models it averages), top-1 %:
+    one model's mean over the task's folds, or mean ± sample std over several models (the random-init seeds)."""
+    lines = ["| task (ridge top-1 %) | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for task in tasks:
+        cells = []
+        for names in columns.values():
+            mean, std = _seed_spread(results, names, task)
+            cells.append(f"{100 * mean:.1f} ± {100 * std:.1f}" if len(names) > 1 else f"{100 * mean:.1f}")
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str | None = None,
-             steps: int | None = None, workers: int = 2, version: int | None = None) -> Path:
+             steps: int | None = None, workers: int = 2, version: int | None = None, curve_points: int = 4) -> Path:
     """Run the demo into ``out`` and return the path of its ``report.md``; ``version`` of AV-Digits: the build's in
-    ``data_dir`` when there is one, else 2."""
+    ``data_dir`` when there is one, else 3; ``curve_points``: weights scored along each run."""
     from xkd.api import baseline_seed, load, random_encoders
+    from xkd.data.manifest import Manifest
     from xkd.datasets.avdigits import prepare_avdigits
-    from xkd.eval.extract import ExtractOptions, extract_features
-    from xkd.eval.report import comparison_table
-    from xkd.eval.run import EvalOptions, evaluate_many, save_report
     from xkd.engine.pretrain import pretrain_or_reuse
-    from xkd.eval.tasks import tasks_for
+    from xkd.engine.supervised import supervised_or_reuse
+    from xkd.eval.curves import plot_curves, score_curves
+    from xkd.eval.extract import ExtractOptions, extract_features
+    from xkd.eval.run import EvalOptions, evaluate_many, save_report
+    from xkd.eval.tasks import tasks_for, with_fewer_training_videos
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plan = DemoPlan.make(quick, data_dir, steps, workers, version)
+    plan = DemoPlan.make(quick, data_dir, steps, workers, version, curve_points)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
+    def timed(key: str, since: float) -> None:
+        timings[key] = round(time.perf_counter() - since, 1)
+
     manifest = prepare_avdigits(plan.data_dir, tiny=plan.tiny_data, workers=max(plan.workers, 1), version=plan.version)
-    timings["data"] = time.perf_counter() - t0
+    timed("data", t0)
 
-    runs = {}
-    recipes = {"XKD": avdigits_recipe("xkd", plan.version), "MAE-only": avdigits_recipe("mae", plan.version)}
-    for name, config in recipes.items():
+    runs, recipes = {}, {}
+    for name, method in OBJECTIVES.items():
         t = time.perf_counter()
-        run_dir = out / ("xkd" if name == "XKD" else "mae")
-        pretrain_or_reuse(_config(config, manifest, plan), run_dir, plan.steps)
-        runs[name] = run_dir
-        timings[f"pretrain {name}"] = time.perf_counter() - t
-
+        recipes[name] = avdigits_recipe(method, plan.version)
+        runs[name] = out / method.replace("_", "-")
+        pretrain_or_reuse(_config(recipes[name], manifest, plan), runs[name], plan.steps)
+        timed(f"pretrain {name}", t)
     t = time.perf_counter()
-    xkd_cfg = _config(recipes["XKD"], manifest, plan)
-    seed = baseline_seed(xkd_cfg.run.seed)
+    ceiling_run = out / "supervised"
+    supervised_or_reuse(_config(recipes["XKD"], manifest, plan, snapshots=False), ceiling_run, plan.steps,
+                        progress=not quick)
+    timed("pretrain supervised", t)
+
+    # ---------------------------------------------------------------- the test table
+    t = time.perf_counter()
+    base = _config(recipes["XKD"], manifest, plan)
+    randoms = [f"random init (seed {baseline_seed(k)})" for k in RANDOM_SEEDS]
     models = {
         "XKD teacher": load(runs["XKD"], role="teacher"),
         "XKD student": load(runs["XKD"], role="student"),
+        "contrastive": load(runs["contrastive"]),
         "MAE-only": load(runs["MAE-only"]),
-        f"random init (seed {seed})": random_encoders(xkd_cfg, seed),
+        **{name: random_encoders(base, baseline_seed(k)) for name, k in zip(randoms, RANDOM_SEEDS)},
+        "supervised": load(ceiling_run),
     }
     tasks = tasks_for(f"av-digits:{plan.data_dir}")
     # An AV-Digits clip is its whole video and the default training view has no spatial jitter (nor flips, which
     # would change motion labels), so every training clip of a video would be the same: one is enough.
-    opts = EvalOptions(train_clips=1, test_clips=1, num_workers=plan.workers)
+    opts = EvalOptions(train_clips=1, test_clips=1, num_workers=plan.workers, progress=not quick)
     results = evaluate_many(models, tasks, "ridge", opts)
     for name, res in results.items():
         save_report(res, out / "eval", name.split(" (")[0].lower().replace(" ", "_").replace("-", "_"))
-    timings["evaluate"] = time.perf_counter() - t
+    timed("evaluate (test)", t)
+
+    # ---------------------------------------------------------------- learning curves (val)
+    t = time.perf_counter()
+    val_tasks = with_fewer_training_videos(
+        [task for task in tasks_for(f"av-digits:{plan.data_dir}", split="val") if task.name in CURVE_TASKS],
+        CURVE_TRAIN_PER_DIGIT)
+    curve_runs = {"XKD teacher": (runs["XKD"], "teacher"), "contrastive": (runs["contrastive"], "student"),
+                  "MAE-only": (runs["MAE-only"], "student")}
+    references = {"random init": models[randoms[0]], "supervised": models["supervised"]}
+    references.update({name: models[name] for name in randoms[1:]})
+    curves, ref_results = score_curves(curve_runs, val_tasks, opts, references=references)
+    spreads = {
+        f"random init ({len(randoms)} seeds)": {
+            task.name: _seed_spread({"random init": ref_results["random init"],
+                                     **{n: ref_results[n] for n in randoms[1:]}}, ["random init", *randoms[1:]],
+                                    task.name) for task in val_tasks},
+        "supervised ceiling": {task.name: (ref_results["supervised"][task.name]["summary"]["top1"]["mean"], 0.0)
+                               for task in val_tasks},
+    }
+    curve_png = plot_curves(curves, spreads, [task.name for task in val_tasks], out / "learning_curve.png",
+                            f"AV-Digits v{plan.version} val split: ridge top-1 of the weights kept along each "
+                            f"{plan.steps}-step run")
+    timed("learning curves (val)", t)
 
     test = tasks[0]  # video digit: its only fold is the image-index test split
-    test_rows = test.folds[0].test_rows
-    from xkd.data.manifest import Manifest
-
-    sub = Manifest([test.manifest[i] for i in test_rows], test.manifest.root)
-    pca_models = {name: models[name] for name in ("XKD teacher", "MAE-only", f"random init (seed {seed})")}
+    sub = Manifest([test.manifest[i] for i in test.folds[0].test_rows], test.manifest.root)
+    pca_models = {name: models[name] for name in ("XKD teacher", "contrastive", "MAE-only", randoms[0])}
     sets, _ = extract_features(pca_models, sub, ["video"], ExtractOptions(num_workers=plan.workers, progress=False),
                                label_column="digit")
     projection = _plot_projection({m: (s["video"].features, s["video"].labels) for m, s in sets.items()},
                                   out / "features_pca.png")
-    curves = _plot_curves(runs, out / "losses.png")
+    losses = _plot_losses(runs, out / "losses.png")
     total = time.perf_counter() - t0
 
-    table = comparison_table(results, [t.name for t in tasks], what="ridge top-1 %")
+    columns = {"XKD teacher": ["XKD teacher"], "XKD student": ["XKD student"], "contrastive": ["contrastive"],
+               "MAE-only": ["MAE-only"], f"random init ({len(randoms)} seeds)": randoms,
+               "supervised": ["supervised"]}
+    table = demo_table(results, columns, [task.name for task in tasks])
     early = [f"{name}: {enc.describe()}" for name, enc in models.items() if enc.stopped_early]
     early_text = " " + "; ".join(early) + "." if early else ""
+    seeds = ", ".join(str(baseline_seed(k)) for k in RANDOM_SEEDS)
+    recipe_list = ", ".join(f"`configs/pretrain/{r}`" for r in recipes.values())
     report = out / "report.md"
     report.write_text(
         f"""# xkd demo on AV-Digits{' (quick)' if quick else ''}
 
 Data: AV-Digits version {plan.version}, `{manifest}` ({len(test.manifest)} clips: {_DATA_TEXT[plan.version]}).
 
-Pretraining: `configs/pretrain/{recipes["XKD"]}` and `configs/pretrain/{recipes["MAE-only"]}`, each a complete
-{plan.steps}-step schedule (learning rate, weight decay, EMA momentum and warm-ups sized to the run).{early_text}
+Pretraining: XKD, the contrastive objective (CAV-MAE: masked reconstruction and a cross-modal InfoNCE) and MAE-only
+with {recipe_list}, each a complete {plan.steps}-step schedule (learning rate, weight decay, EMA momentum and
+warm-ups sized to the run).{early_text} Supervised: the same encoders taught the digit with cross-entropy on whole
+views for the same {plan.steps} steps, the most these encoders learn about the digit in that budget.
 
 Evaluation: ridge classifier on frozen, standardised features; alpha chosen on a validation split carved from the
-training videos (below); one clean training clip per video (the test view); audio tasks leave one real voice out (5
-folds). XKD is reported by its EMA teachers and by its students; the random-init encoder is built from its own seed
-({seed}), not from the pretraining seed whose weights every pretrained model started from.
+training videos; one clean training clip per video (the test view); audio tasks leave one real voice out (5 folds,
+their mean shown). XKD is reported by its EMA teachers and by its students; the random-init encoders are built from
+their own seeds ({seeds}), not from the pretraining seed every pretrained model started from: their column is the
+mean ± sample std over the three.
 
 {table}
 
-Chance: 10% for digits, 12.5% for motions.
+Chance: 10% for digits, 12.5% for motions. Per-model tables with the spread over folds, the chosen alphas and
+confusion matrices: `eval/`.
 
-![loss curves]({curves.name})
+![learning curves]({curve_png.name})
+
+Learning curves: the weights each run kept along its schedule, scored on the val split (video digit, audio digit)
+by the same ridge classifier trained on {CURVE_TRAIN_PER_DIGIT} training videos per digit (the table's use all of
+them, so the curves sit lower), beside the random-init encoders (mean ± std, shaded) and the supervised ceiling scored
+the same way.
+
+![loss curves]({losses.name})
 
 ![video features]({projection.name})
 
 Time on this machine: {total / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())}).
-Per-model tables, JSON and confusion matrices: `eval/`.
 """
     )
     (out / "demo.json").write_text(json.dumps({"timings_s": timings, "steps": plan.steps, "quick": quick,
-                                               "baseline_seed": seed, "table": table}, indent=2))
+                                               "baseline_seeds": [baseline_seed(k) for k in RANDOM_SEEDS],
+                                               "table": table,
+                                               "curves": curves}, indent=2))
     return report

@@ -1,9 +1,9 @@
 """FSDP2 beside DDP (``run.strategy: fsdp``): parameters, gradients and optimiser state sharded over the ranks.
 
-:func:`shard_model` applies ``fully_shard`` to every transformer block, then to every encoder, projection head and
-decoder, then to the whole model, students and EMA teachers alike: a teacher's parameter and its student's have the
-same shape, so their local shards hold the same elements and the EMA update (:mod:`xkd.models.ema`) runs on the
-local shards with no communication. Per-parameter gradient clipping takes each parameter's norm over all ranks
+:func:`shard_model` applies ``fully_shard`` to every transformer block, then to every encoder, projection head,
+decoder and cav-mae projection, then to the whole model, students and EMA teachers alike: a teacher's parameter and
+its student's have the same shape, so their local shards hold the same elements and the EMA update
+(:mod:`xkd.models.ema`) runs on the local shards with no communication. Per-parameter gradient clipping takes each parameter's norm over all ranks
 (:func:`xkd.engine.optim.clip_per_parameter`). Run checkpoints hold the model and optimiser as a
 ``torch.distributed.checkpoint`` folder (every rank writes its shards; :func:`save_sharded`, :func:`load_sharded`)
 beside the usual ``step_*.pt`` that holds the rest of the run state; the weights file is written from the full
@@ -42,8 +42,8 @@ def shard_model(model: XKD, device: torch.device) -> None:
         fully_shard(net.encoder, mesh=mesh)
         if net.head is not None:
             fully_shard(net.head, mesh=mesh)
-    for decoder in model.decoder.values():
-        fully_shard(decoder, mesh=mesh)
+    for part in [*model.decoder.values(), *model.projection.values()]:
+        fully_shard(part, mesh=mesh)
     fully_shard(model, mesh=mesh)
     warnings.filterwarnings("ignore", message=_VIEW_WARNING)
 

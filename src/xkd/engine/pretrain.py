@@ -40,8 +40,8 @@ from xkd.engine.loss_terms import NonFiniteLossError, first_nonfinite, terms_to_
 from xkd.engine.optim import (amp_context, apply_schedules, build_optimizer, clip_per_parameter, make_grad_scaler,
                               param_groups, resolve_amp)
 from xkd.engine.schedules import Schedules, build_schedules, schedule_length
-from xkd.engine.weights import (PRETRAIN_FORMAT, WEIGHTS_FILE, decoder_part, encoder_part, head_part, save_weights,
-                                 weights_metadata)
+from xkd.engine.weights import (PRETRAIN_FORMAT, SNAPSHOT_DIR, WEIGHTS_FILE, decoder_part, encoder_part, head_part,
+                                load_weights, projection_part, save_weights, weights_metadata)
 from xkd.host_memory import keep_freed_host_memory
 from xkd.models.xkd import XKD
 from xkd.version import __version__
@@ -62,7 +62,7 @@ def mask_noise(cfg: PretrainConfig, model: XKD, micro_step: int, batch: int, dis
 
 def weights_parts(model: XKD, state: dict[str, torch.Tensor] | None = None) -> dict[str, dict[str, torch.Tensor]]:
     """The clean weights of a model as named parts: ``{video,audio}_{student,teacher}`` (encoders),
-    ``..._head`` (projection heads) and ``{video,audio}_decoder``; cut from ``state`` (the model's full state dict,
+    ``..._head`` (projection heads), ``{video,audio}_decoder`` and ``{video,audio}_projection``; cut from ``state`` (the model's full state dict,
     default ``model.state_dict()``)."""
     state = model.state_dict() if state is None else state
     prefixes = {}
@@ -73,7 +73,23 @@ def weights_parts(model: XKD, state: dict[str, torch.Tensor] | None = None) -> d
                 prefixes[head_part(name, role)] = f"{role}.{name}.head."
     for name in model.decoder:
         prefixes[decoder_part(name)] = f"decoder.{name}."
+    for name in model.projection:
+        prefixes[projection_part(name)] = f"projection.{name}."
     return {part: {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)} for part, pre in prefixes.items()}
+
+
+def snapshot_path(run_dir: Path, step: int) -> Path:
+    """Where ``run.snapshot_every`` writes the weights of ``step``: ``<run>/snapshots/step_<step>.safetensors``."""
+    return run_dir / SNAPSHOT_DIR / f"step_{step:09d}.safetensors"
+
+
+def snapshots(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, weights file) of a run's snapshots and of its final weights, by step."""
+    found = {int(p.stem.split("_")[1]): p for p in sorted((Path(run_dir) / SNAPSHOT_DIR).glob("step_*.safetensors"))}
+    final = Path(run_dir) / WEIGHTS_FILE
+    if final.is_file():
+        found[int(load_weights(final, parts=())[1]["step"])] = final
+    return sorted(found.items())
 
 
 def save_weights_file(model: XKD, cfg: PretrainConfig, path: Path, step: int, schedule_steps: int | None = None,
@@ -130,7 +146,7 @@ class Trainer:
         groups = param_groups(
             self.model.trainable_modules(),
             decay_embeddings=cfg.optim.decay_embeddings,
-            clipped=["student", "decoder"] if cfg.optim.clip_decoders else ["student"],
+            clipped=["student", "projection"] + (["decoder"] if cfg.optim.clip_decoders else []),
         )
         self.clipped = [p for g in groups if g["clip"] for p in g["params"]]
         self.optimizer = build_optimizer(groups, cfg.optim.lr, cfg.optim.betas, cfg.optim.weight_decay)
@@ -351,6 +367,15 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
         barrier()
         return weights
 
+    def snapshot(at_step: int) -> None:
+        """Write the clean weights of ``at_step`` to ``snapshots/`` (kept, for learning curves)."""
+        weights = trainer.full_state_dict()
+        if dist_info.is_main:
+            path = snapshot_path(out_dir, at_step)
+            path.parent.mkdir(exist_ok=True)
+            save_weights_file(model, cfg, path, at_step, full_steps, weights)
+        barrier()
+
     # --------------------------------------------------------------- loop
     peak = run.peak_tflops * 1e12 if run.peak_tflops > 0 else None
     bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.method}", unit="step",
@@ -407,6 +432,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 window_t0, window_steps = time.perf_counter(), 0
             if step % run.checkpoint_every == 0 and step < total_steps:
                 save(step)
+            if run.snapshot_every and step % run.snapshot_every == 0 and step < total_steps:
+                snapshot(step)
         del batches, loader
     bar.close()
     final_state = save(step)

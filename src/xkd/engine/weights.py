@@ -10,7 +10,8 @@ file                      written by                    ``format``            pa
 ``weights.safetensors``   ``xkd pretrain``,             ``xkd-weights-1``     encoders ``{video,audio}_{student,teacher}``
                           ``xkd convert-official``                            (:func:`encoder_part`), heads
                                                                               ``..._head`` (:func:`head_part`), decoders
-                                                                              ``{video,audio}_decoder``
+                                                                              ``{video,audio}_decoder``, cav-mae's
+                                                                              ``{video,audio}_projection``
 ``best.safetensors``      ``xkd train-ccl``             ``xkd-ccl-weights-1`` ``student``, ``compositions``,
                                                                               ``projections``
 ``finetuned.safetensors`` ``xkd eval finetune``         ``xkd-finetune-1``    ``classifier``
@@ -37,6 +38,7 @@ from xkd.engine.checkpoint import CheckpointError, atomic_write
 from xkd.version import __version__
 
 WEIGHTS_FILE = "weights.safetensors"  # a pretraining run's weights, <run>/weights.safetensors
+SNAPSHOT_DIR = "snapshots"  # <run>/snapshots/step_*.safetensors: weights along the run (run.snapshot_every)
 CCL_WEIGHTS_FILE = "best.safetensors"  # a CCL run's selected student
 FINETUNED_FILE = "finetuned.safetensors"
 PRETRAIN_FORMAT, CCL_FORMAT, FINETUNE_FORMAT = "xkd-weights-1", "xkd-ccl-weights-1", "xkd-finetune-1"
@@ -55,6 +57,12 @@ def head_part(modality: str, role: str) -> str:
 
 def decoder_part(modality: str) -> str:
     return f"{modality}_decoder"
+
+
+def projection_part(modality: str) -> str:
+    """``video_projection``, ``audio_projection``: cav-mae's map of a student's pooled features into the shared
+    space."""
+    return f"{modality}_projection"
 
 
 def encoder_roles(parts: Iterable[str]) -> set[str]:

@@ -125,6 +125,21 @@ def avdigits_tasks(root: Path, fold: int | None = None, split: str = "test") -> 
     ]
 
 
+def with_fewer_training_videos(tasks: list[Task], per_class: int, seed: int = 0) -> list[Task]:
+    """The same tasks with each fold's classifier training rows cut to at most ``per_class`` videos per label (the
+    same seeded choice for every task of a manifest); the scored rows stay. For quick, noisier scores of many models,
+    such as the points of a learning curve."""
+    out = []
+    for task in tasks:
+        labels = task.labels()
+        candidates = np.unique(np.concatenate([f.train_rows for f in task.folds]))
+        order = np.random.default_rng(seed).permutation(candidates)
+        kept = np.concatenate([order[labels[order] == c][:per_class] for c in np.unique(labels[order])])
+        folds = [Fold(f.name, np.intersect1d(f.train_rows, kept), f.test_rows) for f in task.folds]
+        out.append(Task(task.name, task.manifest, task.label_column, task.modality, folds, task.flip))
+    return out
+
+
 def _union(manifests: list[Manifest]) -> tuple[Manifest, dict[str, int]]:
     """All rows of several manifests over the same files, deduplicated by path, and path -> row of the union."""
     rows, index = [], {}

@@ -1,4 +1,5 @@
-"""Cross-modal DINO distillation loss and its teacher temperature schedule (spec §A6).
+"""Cross-modal DINO distillation loss, its teacher temperature schedule (spec §A6) and balanced (Sinkhorn-Knopp)
+teacher targets for small data (an opt-in deviation, docs/CONFIG.md).
 
 One :class:`CrossModalDINOLoss` per direction (video teacher -> audio student, audio teacher -> video student).
 The teacher and the student see different modalities, so unlike DINO no (teacher view, student view) pair is skipped.
@@ -34,23 +35,62 @@ def teacher_temperature_schedule(
     return np.repeat(per_epoch, iters_per_epoch)
 
 
+@torch.no_grad()
+def sinkhorn_knopp(scores: Tensor, temperature: float, iters: int = 3) -> Tensor:
+    """Balanced soft assignments of the rows of ``scores`` [B, K] to K prototypes (SwAV; DINOv2's teacher): starting
+    from exp(scores / τ), rows and columns are rescaled in turn so that, over the global batch (every rank's rows),
+    each prototype receives the same mass and each row sums to 1. Returns [B, K], fp32."""
+    scores = scores.float()
+    distributed = dist.is_available() and dist.is_initialized()
+    top = scores.max()
+    if distributed:
+        dist.all_reduce(top, op=dist.ReduceOp.MAX)
+    q = torch.exp((scores - top) / temperature)  # one shift for the global batch: it cancels in the normalisation
+    total = torch.stack([q.sum(), q.new_tensor(float(q.shape[0]))])
+    if distributed:
+        dist.all_reduce(total)
+    q = q / total[0]
+    for _ in range(iters):
+        per_prototype = q.sum(dim=0, keepdim=True)
+        if distributed:
+            dist.all_reduce(per_prototype)
+        q = q / (per_prototype * q.shape[1])  # each prototype: 1 / K of the mass
+        q = q / (q.sum(dim=1, keepdim=True) * total[1])  # each row: 1 / B_global
+    return q * total[1]
+
+
+def entropy(p: Tensor) -> Tensor:
+    """Mean entropy (nats) of the rows of ``p`` [..., K], which sum to 1."""
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1).mean()
+
+
 class CrossModalDINOLoss(nn.Module):
-    """Cross-entropy between the centred, sharpened teacher distribution and the student distribution.
+    """Cross-entropy between the sharpened teacher distribution and the student distribution.
 
     out_dim: K, the head output size; student_temp: τ_s; center_momentum: m; teacher_temps: τ_t per optimiser step
     (:func:`teacher_temperature_schedule`, as DINO's loss holds its own), the last value used after the schedule ends.
+    assignment: how the teacher's outputs become targets: ``center`` (DINO and XKD: subtract a running mean, then
+    softmax) or ``sinkhorn`` (balanced over the batch by :func:`sinkhorn_knopp`, ``sinkhorn_iters`` iterations; the
+    centre is then not used). After each call, :attr:`stats` holds the teachers' mean entropy and the entropy of their
+    mean (ln K when the batch spreads over every prototype, 0 when it collapses onto one).
     """
 
     center: Tensor
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 teacher_temps: Sequence[float] = (0.07,)) -> None:
+                 teacher_temps: Sequence[float] = (0.07,), assignment: str = "center",
+                 sinkhorn_iters: int = 3) -> None:
         super().__init__()
         self.student_temp = student_temp
         self.center_momentum = center_momentum
         self.teacher_temps = [float(t) for t in teacher_temps]
         if not self.teacher_temps or min(self.teacher_temps) <= 0:
             raise ValueError(f"teacher temperatures must be positive and at least one, got {list(teacher_temps)[:5]}")
+        if assignment not in ("center", "sinkhorn"):
+            raise ValueError(f"assignment must be 'center' or 'sinkhorn', got {assignment!r}")
+        self.assignment = assignment
+        self.sinkhorn_iters = sinkhorn_iters
+        self.stats: dict[str, Tensor] = {}
         self.register_buffer("center", torch.zeros(1, out_dim, dtype=torch.float32))
 
     def forward(self, student_out: Sequence[Tensor], teacher_out: Sequence[Tensor], step: int = 0) -> Tensor:
@@ -71,11 +111,18 @@ class CrossModalDINOLoss(nn.Module):
         with torch.autocast(device_type=device_type, enabled=False):
             log_p = [F.log_softmax(s.to(torch.promote_types(s.dtype, torch.float32)) / self.student_temp, dim=-1)
                      for s in student_out]
-            q = [F.softmax((t.detach().to(torch.promote_types(t.dtype, torch.float32)) - self.center) / tau_t, dim=-1)
-                 for t in teacher_out]
+            if self.assignment == "sinkhorn":
+                q = [sinkhorn_knopp(t.detach(), tau_t, self.sinkhorn_iters) for t in teacher_out]
+            else:
+                q = [F.softmax((t.detach().to(torch.promote_types(t.dtype, torch.float32)) - self.center) / tau_t,
+                               dim=-1) for t in teacher_out]
             total = sum((-(qt * lp).sum(dim=-1)).mean() for qt in q for lp in log_p)
             loss = total / (len(q) * len(log_p))
-        self.update_center(teacher_out)
+            with torch.no_grad():
+                self.stats = {"teacher_entropy": sum(entropy(qt) for qt in q) / len(q),
+                              "teacher_marginal_entropy": sum(entropy(qt.mean(dim=0)) for qt in q) / len(q)}
+        if self.assignment == "center":
+            self.update_center(teacher_out)
         return loss
 
     @torch.no_grad()

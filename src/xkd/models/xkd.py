@@ -5,7 +5,8 @@ Parts, by name (the same names appear in checkpoints and weights files):
 - ``student.video`` / ``student.audio``: :class:`Network` (encoder + DINO head) trained by gradients;
 - ``teacher.video`` / ``teacher.audio``: EMA copies of the students (no gradients);
 - ``decoder.video`` / ``decoder.audio``: MAE decoders of the students;
-- ``kd_video_to_audio`` / ``kd_audio_to_video``: the cross-modal DINO losses (they hold the fp32 centres).
+- ``kd_video_to_audio`` / ``kd_audio_to_video``: the cross-modal DINO losses (they hold the fp32 centres);
+- ``projection.video`` / ``projection.audio``: cav-mae's linear maps of the pooled features into one space.
 
 Methods (``PretrainConfig.method``):
 
@@ -16,6 +17,8 @@ Methods (``PretrainConfig.method``):
   blocks twice per step (once per modality, effective momentum m²); ``loss.mats_double_ema`` keeps that (default) or
   updates them once.
 - ``mae``: masked reconstruction only; no heads, teachers or distillation.
+- ``cav-mae``: masked reconstruction plus an InfoNCE between the pooled video and audio embeddings of each clip
+  (CAV-MAE's contrastive term; ``loss.contrastive_*``); no heads, teachers or distillation.
 
 Only the parts an objective needs are built, so every trainable parameter receives a gradient.
 """
@@ -29,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from xkd.config import PretrainConfig
+from xkd.losses.contrastive import info_nce
 from xkd.losses.distillation import CrossModalDINOLoss
 from xkd.losses.mmd import mmd_loss
 from xkd.losses.reconstruction import reconstruction_loss
@@ -58,6 +62,7 @@ class Objectives:
     recon_audio: bool
     kd: bool
     da: bool
+    contrastive: bool = False
 
     @property
     def needs_heads(self) -> bool:
@@ -65,9 +70,10 @@ class Objectives:
 
     @classmethod
     def of(cls, cfg: PretrainConfig) -> "Objectives":
-        distil = cfg.method != "mae"
-        obj = cls(cfg.loss.recon_video, cfg.loss.recon_audio, distil and cfg.loss.kd, distil and cfg.loss.da)
-        if not (obj.recon_video or obj.recon_audio or obj.kd or obj.da):
+        distil = cfg.method not in ("mae", "cav-mae")
+        obj = cls(cfg.loss.recon_video, cfg.loss.recon_audio, distil and cfg.loss.kd, distil and cfg.loss.da,
+                  cfg.method == "cav-mae")
+        if not (obj.recon_video or obj.recon_audio or obj.kd or obj.da or obj.contrastive):
             raise ValueError("every objective is switched off: enable loss.recon_video/recon_audio, loss.kd or loss.da")
         return obj
 
@@ -100,6 +106,11 @@ class XKD(nn.Module):
         if obj.recon_audio:
             self.decoder["audio"] = decoder_for(audio, m)
 
+        self.projection = nn.ModuleDict()
+        if obj.contrastive and m.projection_dim:
+            for name in MODALITIES:
+                self.projection[name] = nn.Linear(m.encoder.dim, m.projection_dim)
+
         self.teacher = nn.ModuleDict()
         if heads:
             if cfg.method == "xkd-mats":
@@ -113,13 +124,16 @@ class XKD(nn.Module):
             lc = cfg.loss
             temps = teacher_temps or {"video": [lc.video_teacher_temp], "audio": [lc.audio_teacher_temp]}
             # the video teacher's targets teach the audio student, and the other way round
-            self.kd_video_to_audio = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum, temps["video"])
-            self.kd_audio_to_video = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum, temps["audio"])
+            targets = {"assignment": lc.teacher_assignment, "sinkhorn_iters": lc.sinkhorn_iters}
+            self.kd_video_to_audio = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum, temps["video"],
+                                                        **targets)
+            self.kd_audio_to_video = CrossModalDINOLoss(m.head_out, lc.student_temp, lc.center_momentum, temps["audio"],
+                                                        **targets)
 
     # ------------------------------------------------------------------ parts
     def trainable_modules(self) -> dict[str, nn.Module]:
-        """The modules the optimiser updates, by name: students (backbones and heads) and decoders."""
-        return {"student": self.student, "decoder": self.decoder}
+        """The modules the optimiser updates, by name: students (backbones and heads), decoders and projections."""
+        return {"student": self.student, "decoder": self.decoder, "projection": self.projection}
 
     def mask_token_counts(self) -> tuple[int, int]:
         """Tokens of the global video and audio views, N_v and N_a (the size of the masking noise)."""
@@ -147,6 +161,15 @@ class XKD(nn.Module):
         net = self.student[name]
         feats = [pooled(masked)] + [pooled(net.encoder(view)) for view in locals_]
         return list(net.head(torch.cat(feats)).split([f.shape[0] for f in feats]))
+
+    def _embedding(self, name: str, masked: EncoderOutput | None, view: Tensor) -> Tensor:
+        """cav-mae: a modality's clip embedding [B, P] (P: ``projection_dim``, else the encoder's width), the mean of
+        the patch tokens of its masked global view (``loss.contrastive_view="masked"``) or of the whole view, then the
+        projection."""
+        if self.cfg.loss.contrastive_view == "whole":
+            masked = self.student[name].encoder(view)
+        feature = pooled(masked)
+        return self.projection[name](feature) if name in self.projection else feature
 
     @torch.no_grad()
     def _teacher_outputs(self, frames: Tensor, audio: Tensor) -> tuple[Tensor, Tensor]:
@@ -180,8 +203,10 @@ class XKD(nn.Module):
         cfg, obj = self.cfg, self.objectives
         nv, na = (None, None) if mask_noise is None else mask_noise
         sv, sa = self.student["video"].encoder, self.student["audio"].encoder
-        enc_v = sv(frames[0], mask_ratio=cfg.loss.video_mask_ratio, noise=nv)
-        enc_a = sa(audio[0], mask_ratio=cfg.loss.audio_mask_ratio, noise=na)
+        # the masked pass of a modality, unless no term reads it (cav-mae on whole views without reconstruction)
+        shared = obj.needs_heads or (obj.contrastive and cfg.loss.contrastive_view == "masked")
+        enc_v = sv(frames[0], mask_ratio=cfg.loss.video_mask_ratio, noise=nv) if shared or obj.recon_video else None
+        enc_a = sa(audio[0], mask_ratio=cfg.loss.audio_mask_ratio, noise=na) if shared or obj.recon_audio else None
 
         terms: dict[str, Tensor] = {}
         weighted, weight_sum = [], 0.0
@@ -213,6 +238,8 @@ class XKD(nn.Module):
                 l_a2v = self.kd_audio_to_video(zs_v, [zt_a], step)
                 l_kd = (l_v2a + l_a2v) / 2
                 terms.update(kd_video_to_audio=l_v2a.detach(), kd_audio_to_video=l_a2v.detach(), kd=l_kd.detach())
+                for teacher, loss_fn in (("video", self.kd_video_to_audio), ("audio", self.kd_audio_to_video)):
+                    terms.update({f"{teacher}_{k}": v for k, v in loss_fn.stats.items()})
                 weighted.append(cfg.loss.kd_coeff * l_kd)
                 weight_sum += cfg.loss.kd_coeff
             if obj.da:
@@ -225,6 +252,15 @@ class XKD(nn.Module):
                              mmd_kxy=stats["kxy"], mmd_d2=stats["d2_xy"])
                 weighted.append(cfg.loss.da_coeff * l_da)
                 weight_sum += cfg.loss.da_coeff
+
+        if obj.contrastive:
+            lc = cfg.loss
+            l_c, accuracy = info_nce(self._embedding("video", enc_v, frames[0]),
+                                     self._embedding("audio", enc_a, audio[0]),
+                                     lc.contrastive_temp, lc.contrastive_symmetric, lc.contrastive_standardize)
+            terms.update(contrastive=l_c.detach(), contrastive_acc=accuracy)
+            weighted.append(lc.contrastive_coeff * l_c)
+            weight_sum += lc.contrastive_coeff
 
         loss = sum(weighted) / weight_sum
         terms["loss"] = loss.detach()
