@@ -174,7 +174,7 @@ def test_a_folder_says_which_version_it_holds(builds, tmp_path):
 
 
 @pytest.mark.parametrize("version", [2, 3])
-@pytest.mark.parametrize("method", ["xkd", "mae", "xkd_mas", "xkd_mats", "cav_mae"])
+@pytest.mark.parametrize("method", ["xkd", "mae", "xkd_mas", "xkd_mats", "cav_mae", "xkd_small"])
 def test_later_recipes_are_the_version_1_recipes_on_their_data(method, version):
     from xkd.config import to_dict
     from xkd.demo import avdigits_recipe

@@ -52,7 +52,8 @@ VARIANTS = (
             ("loss.teacher_view=global",)),
     Variant("mas", "XKD-MAS (shared student)", "xkd_mas"),
     Variant("mats", "XKD-MATS (shared student and teacher)", "xkd_mats"),
-    Variant("cav-mae", "CAV-MAE: L_ae + cross-modal InfoNCE", "cav_mae"),
+    Variant("xkd-small", "small-data XKD: Sinkhorn targets, 64 prototypes", "xkd_small"),
+    Variant("cav-mae", "contrastive: cross-modal InfoNCE (method cav-mae, CPU recipe)", "cav_mae"),
     Variant("supervised", "supervised ceiling (the digit taught on whole views, same steps)", "xkd", supervised=True),
 )
 CEILING = "supervised/student"
