@@ -90,7 +90,7 @@ def test_every_shipped_config_loads():
 
     files = sorted((Path(__file__).parents[1] / "configs" / "pretrain").glob("*.yaml"))
     methods = {load_config(PretrainConfig, f).method for f in files}
-    assert methods == {"xkd", "xkd-mas", "xkd-mats", "mae"}
+    assert methods == {"xkd", "xkd-mas", "xkd-mats", "mae", "cav-mae"}
 
 
 def test_renamed_keys_are_still_read_with_a_warning(tmp_path):

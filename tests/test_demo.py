@@ -29,4 +29,5 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     for name in ("XKD teacher", "contrastive", "MAE-only"):  # a point per kept weights file: steps 1 and 2
         assert [step for step, _ in summary["curves"][name]["video digit"]] == [1, 2], summary["curves"][name]
     assert (out / "eval" / "xkd_teacher.json").is_file() and (out / "eval" / "supervised.md").is_file()
+    assert len(list((out / "eval").glob("random_init_seed_*.json"))) == 3
     assert (out / "cav-mae" / "snapshots" / "step_000000001.safetensors").is_file()

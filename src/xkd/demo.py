@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,7 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
     opts = EvalOptions(train_clips=1, test_clips=1, num_workers=plan.workers, progress=not quick)
     results = evaluate_many(models, tasks, "ridge", opts)
     for name, res in results.items():
-        save_report(res, out / "eval", name.split(" (")[0].lower().replace(" ", "_").replace("-", "_"))
+        save_report(res, out / "eval", re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_"))
     timed("evaluate (test)", t)
 
     # ---------------------------------------------------------------- learning curves (val)
@@ -256,9 +257,10 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
 
 Data: AV-Digits version {plan.version}, `{manifest}` ({len(test.manifest)} clips: {_DATA_TEXT[plan.version]}).
 
-Pretraining: XKD, the contrastive objective (CAV-MAE: masked reconstruction and a cross-modal InfoNCE) and MAE-only
-with {recipe_list}, each a complete {plan.steps}-step schedule (learning rate, weight decay, EMA momentum and
-warm-ups sized to the run).{early_text} Supervised: the same encoders taught the digit with cross-entropy on whole
+Pretraining: XKD, the contrastive objective (method `cav-mae`; its CPU recipe trains the cross-modal InfoNCE
+between the pooled video and audio embeddings alone, on whole views) and MAE-only with {recipe_list}, each a
+complete {plan.steps}-step schedule (learning rate, weight decay, EMA momentum and warm-ups sized to the
+run).{early_text} Supervised: the same encoders taught the digit with cross-entropy on whole
 views for the same {plan.steps} steps, the most these encoders learn about the digit in that budget.
 
 Evaluation: ridge classifier on frozen, standardised features; alpha chosen on a validation split carved from the

@@ -455,7 +455,7 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
         "weights": str(out_dir / WEIGHTS_FILE),
     }
     if dist_info.is_main:
-        keys = [k for k in ("loss", "ae", "kd", "da") if k in last_terms]
+        keys = [k for k in ("loss", "ae", "kd", "da", "contrastive") if k in last_terms]
         if keys and step:
             try:
                 plot_metrics(out_dir, keys, out_dir / "losses.png")

@@ -74,7 +74,8 @@ class Objectives:
         obj = cls(cfg.loss.recon_video, cfg.loss.recon_audio, distil and cfg.loss.kd, distil and cfg.loss.da,
                   cfg.method == "cav-mae")
         if not (obj.recon_video or obj.recon_audio or obj.kd or obj.da or obj.contrastive):
-            raise ValueError("every objective is switched off: enable loss.recon_video/recon_audio, loss.kd or loss.da")
+            raise ValueError("every objective is switched off: enable loss.recon_video/recon_audio, loss.kd or loss.da, "
+                             "or use method cav-mae")
         return obj
 
 
