@@ -188,6 +188,19 @@ def test_sinkhorn_targets_are_distributions_balanced_over_the_prototypes():
     torch.testing.assert_close(sinkhorn_knopp(scores + 100.0, 0.5, 3), few)  # a shift of the scores changes nothing
 
 
+def test_sinkhorn_stays_finite_where_exp_underflows():
+    from xkd.losses.distillation import sinkhorn_knopp
+
+    # at tau 0.04, a prototype whose scores all lie 8 below the batch's largest has exp(-200) = 0 in fp32 after a
+    # shift by the global max; a 3-iteration Sinkhorn then divided 0 by 0 (a pretraining run went NaN at step 190)
+    scores = torch.tensor([[10.0, 0.0, 1.0], [9.0, 0.5, 0.0], [0.0, 2.0, 1.5], [0.2, 1.0, 2.0]])
+    scores[:, 2] -= 10.0
+    q = sinkhorn_knopp(scores, temperature=0.04, iters=3)
+    assert torch.isfinite(q).all()
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(4))
+    assert q[:, 2].sum() > 0.5  # the far-behind prototype still receives mass
+
+
 def test_the_loss_reports_its_teachers_entropies_and_sinkhorn_leaves_the_centre():
     g = torch.Generator().manual_seed(1)
     student, teacher = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)

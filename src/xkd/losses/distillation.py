@@ -8,6 +8,7 @@ The centre is an fp32 buffer, updated after the loss from the teacher outputs of
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,24 +40,30 @@ def teacher_temperature_schedule(
 def sinkhorn_knopp(scores: Tensor, temperature: float, iters: int = 3) -> Tensor:
     """Balanced soft assignments of the rows of ``scores`` [B, K] to K prototypes (SwAV; DINOv2's teacher): starting
     from exp(scores / τ), rows and columns are rescaled in turn so that, over the global batch (every rank's rows),
-    each prototype receives the same mass and each row sums to 1. Returns [B, K], fp32."""
-    scores = scores.float()
+    each prototype receives the same mass and each row sums to 1. Computed in the log domain, so a row far below the
+    batch's largest score (exp underflowing to 0 at a small τ) cannot empty a prototype and give 0 / 0. Returns
+    [B, K], fp32, rows summing to 1."""
     distributed = dist.is_available() and dist.is_initialized()
-    top = scores.max()
+    log_q = scores.float() / temperature
+    rows = log_q.new_tensor(float(log_q.shape[0]))
+    if distributed:
+        dist.all_reduce(rows)
+    log_k, log_rows = math.log(log_q.shape[1]), torch.log(rows)
+    for _ in range(iters):
+        log_q = log_q - _global_column_logsumexp(log_q, distributed) - log_k  # each prototype: 1 / K of the mass
+        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True) - log_rows  # each row: 1 / B_global
+    return torch.exp(log_q + log_rows)
+
+
+def _global_column_logsumexp(log_q: Tensor, distributed: bool) -> Tensor:
+    """log of the sum over every rank's rows of exp(log_q), per column: [1, K]."""
+    top = log_q.max(dim=0, keepdim=True).values
     if distributed:
         dist.all_reduce(top, op=dist.ReduceOp.MAX)
-    q = torch.exp((scores - top) / temperature)  # one shift for the global batch: it cancels in the normalisation
-    total = torch.stack([q.sum(), q.new_tensor(float(q.shape[0]))])
+    total = torch.exp(log_q - top).sum(dim=0, keepdim=True)
     if distributed:
         dist.all_reduce(total)
-    q = q / total[0]
-    for _ in range(iters):
-        per_prototype = q.sum(dim=0, keepdim=True)
-        if distributed:
-            dist.all_reduce(per_prototype)
-        q = q / (per_prototype * q.shape[1])  # each prototype: 1 / K of the mass
-        q = q / (q.sum(dim=1, keepdim=True) * total[1])  # each row: 1 / B_global
-    return q * total[1]
+    return top + torch.log(total)
 
 
 def entropy(p: Tensor) -> Tensor:
