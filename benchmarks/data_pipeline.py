@@ -89,13 +89,16 @@ def hd_audio(seconds: float, sample_rate: int, seed: int = 0) -> np.ndarray:
     return (np.stack([left, right]) + noise).astype(np.float32)
 
 
-def hd_file(folder: Path) -> Path:
-    """The 10 s 720p test file in ``folder``, written on first use (under a temporary name, then renamed)."""
-    path = folder / f"hd{HD_HEIGHT}p_{HD_SECONDS:g}s_{HD_FPS:g}fps_{HD_SAMPLE_RATE // 1000}k_stereo.mp4"
+def hd_file(folder: Path, height: int = HD_HEIGHT) -> Path:
+    """The 10 s 16:9 test file of ``height`` lines (720 by default) in ``folder``, written on first use (under a
+    temporary name, then renamed); H.264 with x264's defaults, so the 250 frames are one GOP, as in Kinetics clips
+    cut by FFmpeg with its default key-frame interval."""
+    path = folder / f"hd{height}p_{HD_SECONDS:g}s_{HD_FPS:g}fps_{HD_SAMPLE_RATE // 1000}k_stereo.mp4"
     if not path.is_file():
         print(f"writing {path} (once)", file=sys.stderr)
         tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-        write_media(tmp, hd_frames(HD_SECONDS, HD_FPS, HD_WIDTH, HD_HEIGHT), fps=HD_FPS,
+        width = height * HD_WIDTH // HD_HEIGHT
+        write_media(tmp, hd_frames(HD_SECONDS, HD_FPS, width, height), fps=HD_FPS,
                     audio=hd_audio(HD_SECONDS, HD_SAMPLE_RATE), sample_rate=HD_SAMPLE_RATE)
         tmp.replace(path)
     return path

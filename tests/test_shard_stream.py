@@ -166,8 +166,9 @@ def test_shards_refuse_a_decoded_cache_and_a_mixed_split(shards, tmp_path, avdig
     assert PretrainBatches(shard_cfg(mixed, "data.split=")).steps_per_epoch == 40 // 4
 
 
-def test_pretraining_from_shards_resumes_bitwise(shards, tmp_path):
-    cfg = shard_cfg(shards, "run.checkpoint_every=2")
+@pytest.mark.parametrize("per_decode", [1, 2])
+def test_pretraining_from_shards_resumes_bitwise(shards, tmp_path, per_decode):
+    cfg = shard_cfg(shards, "run.checkpoint_every=2", f"data.clips_per_decode={per_decode}")
     pretrain(cfg, tmp_path / "straight", max_steps=4, progress=False)
     pretrain(cfg, tmp_path / "split", max_steps=3, progress=False)
     pretrain(cfg, tmp_path / "split", max_steps=4, resume=True, progress=False)

@@ -90,6 +90,8 @@ class DataConfig:
     decoded_cache: str = ""  # folder made by `xkd data predecode` (windows sliced from it); empty = decode the files
     shards: str = ""  # shard folder or brace pattern of `xkd data shard` (pretraining reads it instead of manifest)
     shard_window: int = 8  # consecutive samples of one shard read per draw (xkd.data.shard_stream)
+    clips_per_decode: int = 1  # shards: clips cut from one decode of a sample (its windows and views differ)
+    decode_threads: int = 1  # FFmpeg video decoder threads per loader process (0 = FFmpeg's choice)
     num_workers: int = 2
     batch_size: int = 32  # per process, per micro-step
 

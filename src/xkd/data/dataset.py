@@ -94,6 +94,7 @@ class ClipDataset(Dataset):
         seed: int = 0,
         max_consecutive_bad: int = 50,
         decoded_cache: str | Path | None = None,
+        decode_threads: int = 1,
     ):
         if missing_audio not in ("skip", "silence"):
             raise ValueError(f"missing_audio must be 'skip' or 'silence', got {missing_audio!r}")
@@ -121,7 +122,7 @@ class ClipDataset(Dataset):
         self.max_consecutive_bad = max_consecutive_bad
         self.epoch = 0
         missing = "silence" if missing_audio == "silence" else "error"
-        self.decoding = Decoding(fps, short_side, sample_rate, need_video, need_audio, missing)
+        self.decoding = Decoding(fps, short_side, sample_rate, need_video, need_audio, missing, decode_threads)
         self.decoded = DecodedClips(decoded_cache, self.decoding) if decoded_cache else None
         self._spans: dict[int, float] = {}  # row -> seconds of its span (per process cache)
 

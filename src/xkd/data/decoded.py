@@ -28,7 +28,7 @@ import contextlib
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,7 @@ def predecode(
     folder = Path(folder)
     (folder / "rows").mkdir(parents=True, exist_ok=True)
     index = folder / "index.json"
-    settings = asdict(decoding)
+    settings = decoding.settings()
     if index.is_file():
         stored = json.loads(index.read_text()).get("decoding")
         if stored != settings:
@@ -169,7 +169,7 @@ class DecodedClips:
         stored = json.loads(index.read_text())
         if stored.get("format") != FORMAT:
             raise ValueError(f"{index}: unknown format {stored.get('format')!r} (expected {FORMAT!r})")
-        wanted = asdict(decoding)
+        wanted = decoding.settings()
         if stored["decoding"] != wanted:
             diff = ", ".join(f"{k}: cache {stored['decoding'].get(k)!r} vs config {v!r}"
                              for k, v in wanted.items() if stored["decoding"].get(k) != v)

@@ -28,12 +28,11 @@ shorter raises ``too-short``.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import av
-import numpy as np
 import torch
 
 from xkd.data.window_samplers import AudioWindow, VideoWindow, WindowTooShort
@@ -197,7 +196,7 @@ def _describe(e: Exception) -> str:
     return f"{type(e).__name__}: {text}"
 
 
-def _origin(container) -> float:
+def container_origin(container) -> float:
     """Container start time in seconds (0 for most files; MPEG-TS starts later)."""
     return container.start_time / av.time_base if container.start_time is not None else 0.0
 
@@ -205,7 +204,8 @@ def _origin(container) -> float:
 def _stream_duration(stream, container) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         start = stream.start_time or 0
-        return float(stream.duration * stream.time_base) + float(start * stream.time_base) - _origin(container)
+        origin = container_origin(container)
+        return float(stream.duration * stream.time_base) + float(start * stream.time_base) - origin
     if container.duration is not None:
         return container.duration / av.time_base
     return None
@@ -254,6 +254,7 @@ def decode_clip(
     video: bool = True,
     audio: bool = True,
     missing_audio: str = "error",
+    threads: int = 1,
 ) -> Clip:
     """Decode the window [start, start + duration) of a file in one pass (one seek, both streams in one demux loop).
 
@@ -262,14 +263,31 @@ def decode_clip(
     Audio: ``round(duration * sample_rate)`` samples, channels averaged to mono, resampled to ``sample_rate``, placed
     by timestamp (so AAC priming samples are not counted) -> float32 ``[S]``.
     ``missing_audio``: ``"error"`` raises ``no-audio`` for a file without audio, ``"silence"`` returns zeros.
+    ``threads``: FFmpeg video decoder threads (1: one per process, the loader's default; 0: FFmpeg's choice).
     Raises :class:`MediaError` (see the module docstring for the reasons and tolerances).
     """
+    spec = Decoding(fps, short_side, sample_rate, video, audio, missing_audio, threads)
+    return decode_windows(path, [start], duration, spec)[0]
+
+
+def decode_windows(path: Source, starts: list[float], duration: float, spec: Decoding) -> list[Clip]:
+    """Decode several windows [start_i, start_i + duration) of a file in one pass: one open, one seek to the
+    earliest window, and one demux loop whose decoded frames serve every window, stopping once the latest window is
+    filled. Each :class:`Clip` is what :func:`decode_clip` gives for its window with the settings of ``spec`` (audio:
+    placed by timestamp in the span of all windows, then cut, so a window's samples may sit one sample apart from a
+    direct decode's)."""
+    fps, short_side, sample_rate, video, audio = spec.fps, spec.short_side, spec.sample_rate, spec.video, spec.audio
+    missing_audio, threads = spec.missing_audio, spec.threads
     if missing_audio not in ("error", "silence"):
         raise ValueError(f"missing_audio must be 'error' or 'silence', got {missing_audio!r}")
     if not (video or audio):
         raise ValueError("decode_clip needs video=True, audio=True or both")
-    if start < 0 or duration <= 0:
-        raise ValueError(f"invalid window start={start} duration={duration}")
+    if not starts or min(starts) < 0 or duration <= 0:
+        raise ValueError(f"invalid windows starts={starts} duration={duration}")
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0, got {threads}")
+    first = min(starts)
+    span = max(starts) - first + duration  # exactly ``duration`` for one window
     with open_media(path) as container:
         vstream = container.streams.video[0] if video and container.streams.video else None
         astream = container.streams.audio[0] if audio and container.streams.audio else None
@@ -277,29 +295,37 @@ def decode_clip(
             raise MediaError(path, "no-video", "the file has no video stream")
         if audio and astream is None and missing_audio == "error":
             raise MediaError(path, "no-audio", "the file has no audio stream")
-        t0 = _origin(container) + start  # the window start in stream time
-        vsampler = asampler = None
+        origin = container_origin(container)
+        vsamplers, asampler = [], None
         if vstream is not None:
+            vstream.thread_count = threads
+            vstream.thread_type = "SLICE" if threads == 1 else "AUTO"
             rate = vstream.average_rate or vstream.guessed_rate or vstream.base_rate
-            vsampler = VideoWindow(t0, duration, fps, short_side, 1.0 / float(rate) if rate else 1.0 / fps)
+            period = 1.0 / float(rate) if rate else 1.0 / fps
+            vsamplers = [VideoWindow(origin + s, duration, fps, short_side, period) for s in starts]
         if astream is not None:
-            asampler = AudioWindow(t0, duration, sample_rate)
+            asampler = AudioWindow(origin + first, span, sample_rate)
+        window = f"{first:.3f}+{duration:.3f} s" if len(starts) == 1 else f"{first:.3f}..{first + span:.3f} s"
         try:
-            _demux_window(container, vstream, astream, vsampler, asampler, t0)
-            frames = vsampler.finish() if vsampler is not None else None
+            _demux_windows(container, vstream, astream, vsamplers, asampler, origin + first)
+            frames = [v.finish() for v in vsamplers]
             wave = asampler.finish() if asampler is not None else None
         except WindowTooShort as e:
-            raise MediaError(path, "too-short", f"window {start:.3f}+{duration:.3f} s: {e}") from None
+            raise MediaError(path, "too-short", f"window {window}: {e}") from None
         except av.FFmpegError as e:
             raise MediaError(path, "decode-failed", _describe(e)) from None
-    if audio and wave is None:  # missing_audio == "silence"
-        wave = np.zeros(round(duration * sample_rate), dtype=np.float32)
-    return Clip(
-        video=torch.from_numpy(frames) if frames is not None else None,
-        audio=torch.from_numpy(wave) if wave is not None else None,
-        start=start,
-        duration=duration,
-    )
+    samples = round(duration * sample_rate)
+    clips = []
+    for i, start in enumerate(starts):
+        cut = None
+        if wave is not None:
+            lo = round((start - first) * sample_rate)
+            cut = torch.from_numpy(wave[lo : lo + samples])
+        elif audio:  # missing_audio == "silence"
+            cut = torch.zeros(samples, dtype=torch.float32)
+        clips.append(Clip(video=torch.from_numpy(frames[i]) if frames else None, audio=cut, start=start,
+                          duration=duration))
+    return clips
 
 
 @dataclass(frozen=True)
@@ -313,6 +339,11 @@ class Decoding:
     video: bool = True
     audio: bool = True
     missing_audio: str = "error"  # "error" (no-audio is bad media) or "silence"
+    threads: int = 1  # video decoder threads (see decode_clip); how, not what, so not in settings()
+
+    def settings(self) -> dict:
+        """What the decoded clips depend on (every field but ``threads``)."""
+        return {k: v for k, v in asdict(self).items() if k != "threads"}
 
     def span(self, source: Source, lo: float, end: float | None) -> float:
         """Seconds from ``lo`` to ``end``, or to the end of every needed stream of the file when ``end`` is None."""
@@ -322,29 +353,37 @@ class Decoding:
 
     def window(self, source: Source, start: float, duration: float) -> Clip:
         """The :class:`Clip` of [start, start + duration) of the file."""
-        return decode_clip(source, start, duration, self.fps, short_side=self.short_side, sample_rate=self.sample_rate,
-                           video=self.video, audio=self.audio, missing_audio=self.missing_audio)
+        return self.windows(source, [start], duration)[0]
+
+    def windows(self, source: Source, starts: list[float], duration: float) -> list[Clip]:
+        """The clips of the windows [start_i, start_i + duration) of the file, from one decode."""
+        return decode_windows(source, starts, duration, self)
 
 
-def _demux_window(container, vstream, astream, vsampler, asampler, t0: float) -> None:
-    """The single demux loop: feed decoded frames to the samplers until both have filled the window."""
+def _demux_windows(container, vstream, astream, vsamplers, asampler, t0: float) -> None:
+    """The single demux loop: feed decoded frames to the samplers until every one has filled its window."""
     if t0 - SEEK_PREROLL > 0:
         try:  # lands on a keyframe at or before the target; demuxing then continues from there for every stream
             container.seek(int((t0 - SEEK_PREROLL) * av.time_base), backward=True)
         except av.FFmpegError:
             pass  # unseekable input: decode from the beginning, the timestamps still select the window
     streams = [s for s in (vstream, astream) if s is not None]
+    video_open = list(vsamplers)
+    prev_time = None
     for packet in container.demux(streams):
-        if (vsampler is None or vsampler.done) and (asampler is None or asampler.done):
+        if not video_open and (asampler is None or asampler.done):
             break
         if packet.stream is vstream:
-            if vsampler.done:
+            if not video_open:
                 continue
             for frame in packet.decode():
                 time = frame.time
                 if time is None:  # no timestamp: assume the nominal frame period after the previous frame
-                    time = vsampler.prev[0] + vsampler.period if vsampler.prev else t0
-                vsampler.push(frame, time)
+                    time = prev_time + video_open[0].period if prev_time is not None else t0
+                prev_time = time
+                for sampler in video_open:
+                    sampler.push(frame, time)
+                video_open = [s for s in video_open if not s.done]
         elif not asampler.done:
             for frame in packet.decode():
                 asampler.push(frame)

@@ -5,8 +5,10 @@ stream exactly.
 
 Files: :class:`~xkd.data.dataset.ClipDataset` items batched by :class:`~xkd.data.sampler.StepBatchSampler` (each
 epoch a permutation of the manifest). Shards: :class:`~xkd.data.shard_stream.ShardStream`, windows of consecutive
-samples drawn with resampling (an epoch is ``run.epoch_size`` samples, else the shards' sample count). Decoding and
-views are the same code for both.
+samples drawn with resampling, ``data.clips_per_decode`` clips cut from each decoded sample (an epoch is
+``run.epoch_size`` clips, else the shards' sample count times ``clips_per_decode``: each sample decoded once per
+epoch on average). Decoding and views are the same code for both; a warning is logged when the shards were
+re-encoded below what the config decodes (short side, frame rate, sample rate).
 """
 
 from __future__ import annotations
@@ -42,14 +44,21 @@ class PretrainBatches:
                 log.info("data.shards is set: reading %s, not data.manifest", d.shards)
             shards = ShardSet(d.shards)
             shards.check_split(d.split)
+            for problem in shards.unlike(d.resize_short, d.video_fps, d.logmel.sample_rate) if rank == 0 else []:
+                log.warning("%s: %s", d.shards, problem)
             missing = "silence" if d.missing_audio == "silence" else "error"
-            decoding = Decoding(d.video_fps, d.resize_short, d.logmel.sample_rate, missing_audio=missing)
+            decoding = Decoding(d.video_fps, d.resize_short, d.logmel.sample_rate, missing_audio=missing,
+                                threads=d.decode_threads)
             self.stream = ShardStream(shards, d.clip_duration, decoding, PretrainViews(d), d.batch_size, world_size,
-                                      rank, window=d.shard_window, seed=cfg.run.seed, bad_media=d.bad_media)
+                                      rank, window=d.shard_window, seed=cfg.run.seed, bad_media=d.bad_media,
+                                      clips_per_decode=d.clips_per_decode)
             self.sampler = None
-            self.steps_per_epoch = steps_per_epoch(cfg.run.epoch_size or shards.samples, d.batch_size, world_size,
-                                                   accum)
+            epoch_size = cfg.run.epoch_size or shards.samples * d.clips_per_decode  # each sample decoded once
+            self.steps_per_epoch = steps_per_epoch(epoch_size, d.batch_size, world_size, accum)
         else:
+            if d.clips_per_decode != 1:
+                raise ValueError(f"data.clips_per_decode={d.clips_per_decode} needs data.shards (files are read one "
+                                 "clip per decode); shard the manifest with `xkd data shard` or set it to 1")
             self.dataset = pretrain_dataset(cfg)
             self.sampler = StepBatchSampler(len(self.dataset), d.batch_size, world_size, rank, accum,
                                             seed=cfg.run.seed, epoch_size=cfg.run.epoch_size)

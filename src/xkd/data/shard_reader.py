@@ -63,8 +63,9 @@ def _check_present(paths: list[Path]) -> None:
 
 
 class ShardSet:
-    """The shards of a folder or a brace pattern: ``paths``, ``counts`` (samples per shard) and ``splits`` (samples
-    per manifest split over the whole set, when the index records them)."""
+    """The shards of a folder or a brace pattern: ``paths``, ``counts`` (samples per shard), ``splits`` (samples
+    per manifest split over the whole set, when the index records them) and ``reencode`` (the settings the media
+    were re-encoded with, :class:`xkd.datasets.reencode.Reencoding` as a dict; None for the original files)."""
 
     def __init__(self, spec: str | Path):
         spec = str(spec)
@@ -77,6 +78,7 @@ class ShardSet:
             _check_present(self.paths)
             self.counts = [int(s["samples"]) for s in index["shards"]]
             self.splits = index.get("splits")
+            self.reencode = index.get("reencode")
         elif "{" not in spec and not folder.is_file():
             raise ShardSetError(f"{spec}: no such shard folder or file (a folder of `xkd data shard`, or a brace "
                                 "pattern such as DIR/shard-{000000..000009}.tar)")
@@ -87,7 +89,8 @@ class ShardSet:
             _check_present(self.paths)
             self.counts = [int(_read_json(p.with_suffix(".json"), "the shard's record")["samples"]) for p in self.paths]
             index_path = self.paths[0].parent / INDEX_FILE
-            self.splits = _read_json(index_path, "the shard index").get("splits") if index_path.is_file() else None
+            index = _read_json(index_path, "the shard index") if index_path.is_file() else {}
+            self.splits, self.reencode = index.get("splits"), index.get("reencode")
         if sum(self.counts) == 0:
             raise ShardSetError(f"{spec}: the shards hold no sample")
         self.spec = spec
@@ -110,6 +113,24 @@ class ShardSet:
         if others:
             raise ShardSetError(f"{self.spec}: the shards hold rows of other splits than '{split}' ({others}); shard "
                                 f"one split (`xkd data shard MANIFEST --split {split}`) or set data.split=''")
+
+    def unlike(self, short_side: int | None, fps: float, sample_rate: int) -> list[str]:
+        """What a run decoding at ``short_side`` / ``fps`` / ``sample_rate`` asks beyond what re-encoded shards hold
+        (empty for shards of the original files)."""
+        held = self.reencode
+        if not held:
+            return []
+        problems = []
+        if short_side is None or short_side > held["short_side"]:
+            problems.append(f"the media were re-encoded at a short side of {held['short_side']} px, and the config "
+                            f"decodes at {short_side or 'the full size'} (frames upscaled)")
+        if held.get("fps") and fps > held["fps"]:
+            problems.append(f"the media were re-encoded at {held['fps']:g} fps, and the config samples {fps:g} fps "
+                            "(frames repeated)")
+        if sample_rate > held["sample_rate"]:
+            problems.append(f"the audio was re-encoded at {held['sample_rate']} Hz, and the config reads it at "
+                            f"{sample_rate} Hz (no content above {held['sample_rate'] // 2} Hz)")
+        return problems
 
     def members(self, shard: int) -> list[Member]:
         """The samples of shard ``shard`` in the order they were written."""

@@ -135,4 +135,5 @@ def pretrain_dataset(cfg: PretrainConfig, manifest: str | None = None) -> ClipDa
         transform=views,
         seed=cfg.run.seed,
         decoded_cache=d.decoded_cache or None,
+        decode_threads=d.decode_threads,
     )

@@ -90,14 +90,23 @@ def _cmd_predecode(args) -> int:
 
 def _cmd_shard(args) -> int:
     from xkd.data.manifest import read_manifest
+    from xkd.datasets.reencode import Reencoding
     from xkd.datasets.shards import shard_manifest
 
+    try:
+        reencode = None if args.reencode is None else Reencoding(
+            args.reencode, args.fps, args.keyframe_interval, args.audio_rate, args.crf)
+    except ValueError as err:
+        raise SystemExit(f"xkd data shard: {err}") from None
+    if reencode is None and (args.fps, args.keyframe_interval, args.audio_rate, args.crf) != (None, 1.0, 16000, 23):
+        raise SystemExit("xkd data shard: --fps, --keyframe-interval, --audio-rate and --crf need --reencode")
     manifest = read_manifest(args.manifest)
     if args.split:
         manifest = manifest.filter(split=args.split)
         if not len(manifest):
             raise SystemExit(f"xkd data shard: {args.manifest} has no rows of split '{args.split}'")
-    index = shard_manifest(manifest, args.out, args.shard_size, args.seed, progress=not args.no_progress)
+    index = shard_manifest(manifest, args.out, args.shard_size, args.seed, progress=not args.no_progress,
+                           reencode=reencode, processes=args.processes)
     for bad in index["bad"]:
         print(f"left out: {bad['path']}: {bad['reason']}")
     print(f"{index['samples']} of {index['rows']} rows in {len(index['shards'])} shards in {args.out} "
@@ -217,16 +226,27 @@ def add_data_parser(sub) -> None:
         dsub,
         "shard",
         "write a manifest's media files as WebDataset tar shards (for large corpora)",
-        "Write every media file of a manifest, byte for byte (no re-encoding), with its manifest row as JSON, into\n"
-        "WebDataset tar shards of --shard-size rows, in an order shuffled with --seed, plus index.json (shard names,\n"
-        "sample counts, the manifest's sha256). Files that cannot be read or opened as media are listed with their\n"
-        "reason and left out. Finished shards are kept, so an interrupted run resumes. Pretraining reads them with\n"
-        "data.shards=FOLDER (docs/SCALING.md); shard the training split alone (--split train) for that.",
+        "Write every media file of a manifest, byte for byte, with its manifest row as JSON, into WebDataset tar\n"
+        "shards of --shard-size rows, in an order shuffled with --seed, plus index.json (shard names, sample counts,\n"
+        "the manifest's sha256). With --reencode SHORT_SIDE each file is re-encoded first: H.264 with that short side\n"
+        "(never upscaled), a key frame every --keyframe-interval seconds, at the source frame rate or --fps; audio\n"
+        "as --audio-rate Hz mono AAC; the times kept. Decoding then costs a fraction of the original's (a 720p\n"
+        "corpus: docs/SCALING.md); the index records the settings, and a run that decodes above them warns.\n"
+        "Files that cannot be read, opened as media or re-encoded are listed with their reason and left out.\n"
+        "Finished shards are kept, so an interrupted run resumes. Pretraining reads them with data.shards=FOLDER\n"
+        "(docs/SCALING.md); shard the training split alone (--split train) for that.",
     )
     shard.add_argument("manifest", help="manifest CSV")
     shard.add_argument("--out", required=True, help="shard folder")
     shard.add_argument("--shard-size", type=int, default=1000, help="rows per shard")
     shard.add_argument("--split", default="", help="shard only the rows of this split (empty = every row)")
     shard.add_argument("--seed", type=int, default=0, help="seed of the shuffled order")
+    shard.add_argument("--reencode", type=int, metavar="SHORT_SIDE", default=None,
+                       help="re-encode every file with this short side in pixels, e.g. 128 (None: keep the bytes)")
+    shard.add_argument("--fps", type=float, default=None, help="re-encoded frame rate (None: the source's)")
+    shard.add_argument("--keyframe-interval", type=float, default=1.0, help="seconds between re-encoded key frames")
+    shard.add_argument("--audio-rate", type=int, default=16000, help="re-encoded audio sample rate (mono AAC)")
+    shard.add_argument("--crf", type=int, default=23, help="re-encoded x264 quality (lower: closer and larger)")
+    shard.add_argument("--processes", type=int, default=1, help="processes reading and re-encoding the files")
     shard.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     shard.set_defaults(func=_cmd_shard)
