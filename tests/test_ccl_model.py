@@ -171,3 +171,23 @@ def test_standardised_teacher_features_are_reached_through_a_linear_map():
                       nn.Linear)
     assert _alignment_after_training(frozenset({"image"})) > 0.45
     assert _alignment_after_training(frozenset()) < 0.25
+
+
+def test_unlabelled_clips_enter_the_teacher_terms_only():
+    model = make_ccl().eval()  # eval: BN statistics do not depend on the batch
+    video, labels, teachers = batch()
+    labelled = torch.tensor([True, True, True, False, False, False])
+    _, _, terms = model.losses(video, labels, teachers, labelled)
+    other = labels.clone()
+    other[~labelled] = (other[~labelled] + 1) % 3  # what an unlabelled clip's label says cannot matter
+    _, _, same = model.losses(video, other, teachers, labelled)
+    for key in terms:
+        torch.testing.assert_close(terms[key], same[key], msg=key)
+    logits, _ = model.student(video)
+    torch.testing.assert_close(terms["ce"], F.cross_entropy(logits[:3], labels[:3]))
+    _, _, labelled_only = model.losses(video[:3], labels[:3], {m: (x[:3], ok[:3]) for m, (x, ok) in teachers.items()})
+    assert not torch.allclose(terms["ct_v_audio"], labelled_only["ct_v_audio"])  # the unlabelled clips count there
+    _, _, all_labelled = model.losses(video, labels, teachers, torch.ones(6, dtype=torch.bool))
+    _, _, default = model.losses(video, labels, teachers)
+    for key in default:
+        torch.testing.assert_close(default[key], all_labelled[key], msg=key)

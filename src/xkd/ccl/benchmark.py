@@ -1,18 +1,28 @@
-"""The CCL variant table: train every (label column, variant, seed) of one config and tabulate mean ± std.
+"""The CCL variant table: train every (label column, label budget, reading, variant, seed) of one config and
+tabulate mean ± std.
 
-Runs live in ``<out>/<label>/<variant>/seed<k>``; a finished run (with ``results.json``) is skipped and an
-interrupted one resumes, so the command can be restarted. The table goes to ``<out>/table.md``.
+Runs with every label live in ``<out>/<label>/<variant>/seed<k>``; runs with a budget of n labelled videos per class
+in ``<out>/<label>/budget<n>-<reading>/<variant>/seed<k>`` (reading ``drop``: the other training videos unused;
+``distill``: they enter the teacher terms, ``data.unlabelled``). The baseline has no teacher term, so its
+``distill`` runs are its ``drop`` runs, trained once. A budget's run trains as many steps as the recipe does with
+every label, validated as often: its epochs, milestones and validation interval are scaled by (training videos /
+labelled videos). A finished run (with
+``results.json``) is skipped and an interrupted one resumes, so the command can be restarted. The tables go to
+``<out>/table.md``; with budgets, one table per (label, reading) and a label-efficiency plot per label,
+``<out>/label_efficiency_<label>.png``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from xkd.ccl.config import CCLConfig
+from xkd.ccl.data import label_budget, load_split
 from xkd.ccl.train import RESULTS, train_ccl
 from xkd.config_io import load_config
 from xkd.engine.checkpoint import latest_checkpoint
@@ -22,25 +32,121 @@ VARIANT_NAMES = {"baseline": "Baseline (CE only)", "ccl-a": "CCL-A (audio teache
                  "ccl-ai": "CCL-AI (both)"}
 
 
-def run_dir(out: Path, label: str, variant: str, seed: int) -> Path:
-    return out / label / variant / f"seed{seed}"
+READINGS = ("drop", "distill")
+
+
+def run_dir(out: Path, label: str, variant: str, seed: int, budget: int = 0, reading: str = "drop") -> Path:
+    if not budget:
+        return out / label / variant / f"seed{seed}"
+    if variant == "baseline":
+        reading = "drop"  # nothing to distil: one set of baseline runs serves both readings
+    return out / label / f"budget{budget}-{reading}" / variant / f"seed{seed}"
+
+
+def budget_schedule(cfg: CCLConfig) -> list[str]:
+    """Overrides that make a label-budget run as long in steps as the recipe with every label, validated as often:
+    epochs, milestones and ``run.eval_every`` times (training videos / labelled videos); none without a budget."""
+    if not cfg.data.labels_per_class:
+        return []
+    train = load_split(cfg.data, cfg.data.train_split)
+    scale = len(train) / int(label_budget(train, cfg.data, cfg.run.seed).sum())
+    milestones = ",".join(str(math.ceil(m * scale)) for m in cfg.optim.milestones)
+    return [f"optim.epochs={math.ceil(cfg.optim.epochs * scale)}", f"optim.milestones=[{milestones}]",
+            f"run.eval_every={math.ceil(cfg.run.eval_every * scale)}"]
 
 
 def run_grid(config: str | Path, out: str | Path, labels: Sequence[str], variants: Sequence[str],
-             seeds: Sequence[int], overrides: Sequence[str] = (), progress: bool = True) -> Path:
-    """Train the missing runs of the grid, then write and return ``<out>/table.md``."""
+             seeds: Sequence[int], overrides: Sequence[str] = (), progress: bool = True,
+             budgets: Sequence[int] = (0,), readings: Sequence[str] = ("drop",)) -> Path:
+    """Train the missing runs of the grid, then write and return ``<out>/table.md`` (and the plots)."""
     out = Path(out)
     for seed in seeds:  # seed outermost: an interrupted grid has every cell with as many seeds as possible
         for label in labels:
-            for variant in variants:
-                folder = run_dir(out, label, variant, seed)
-                if (folder / RESULTS).is_file():
-                    continue
-                sets = [*overrides, f"data.label_column={label}", f"loss.variant={variant}", f"run.seed={seed}"]
-                cfg = load_config(CCLConfig, config, sets)
-                train_ccl(cfg, folder, resume=latest_checkpoint(folder) is not None, progress=progress)
+            for budget in budgets:
+                for reading in readings if budget else ("drop",):
+                    for variant in variants:
+                        folder = run_dir(out, label, variant, seed, budget, reading)
+                        if (folder / RESULTS).is_file():
+                            continue
+                        sets = [*overrides, f"data.label_column={label}", f"loss.variant={variant}",
+                                f"run.seed={seed}", f"data.labels_per_class={budget}",
+                                f"data.unlabelled={reading}"]
+                        cfg = load_config(CCLConfig, config, [*sets, *budget_schedule(load_config(CCLConfig, config,
+                                                                                                   sets))])
+                        train_ccl(cfg, folder, resume=latest_checkpoint(folder) is not None, progress=progress)
     path = out / "table.md"
-    path.write_text(results_table(out, labels, variants, seeds))
+    if list(budgets) == [0]:
+        path.write_text(results_table(out, labels, variants, seeds))
+        return path
+    tables = []
+    for label in labels:
+        for reading in readings:
+            tables.append(f"### {label}, reading `{reading}`\n\n"
+                          + budget_table(out, label, variants, seeds, budgets, reading))
+        plot_label_efficiency(out, label, variants, seeds, budgets, readings,
+                              out / f"label_efficiency_{label}.png")
+    path.write_text("\n".join(tables))
+    return path
+
+
+def _test_top1(folder: Path) -> float | None:
+    if not (folder / RESULTS).is_file():
+        return None
+    result = json.loads((folder / RESULTS).read_text())
+    return result[result["split"]]["top1"]
+
+
+def _budget_values(out: Path, label: str, variant: str, seeds: Sequence[int], budget: int, reading: str) -> list:
+    found = [_test_top1(run_dir(out, label, variant, s, budget, reading)) for s in seeds]
+    return [v for v in found if v is not None]
+
+
+def budget_table(out: str | Path, label: str, variants: Sequence[str], seeds: Sequence[int],
+                 budgets: Sequence[int], reading: str) -> str:
+    """Markdown: one row per budget (first cell: labelled videos per class, "all" for every label), one column per
+    variant: test top-1 (%, mean ± sample std over seeds)."""
+    out = Path(out)
+    short = {"baseline": "Baseline", "ccl-a": "CCL-A", "ccl-i": "CCL-I", "ccl-ai": "CCL-AI"}
+    header = ["labelled videos per class"] + [short.get(v, v) for v in variants]
+    rows = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(variants)]
+    for budget in budgets:
+        cells = [str(budget) if budget else "all"]
+        cells += [_cell(_budget_values(out, label, v, seeds, budget, reading)) for v in variants]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def plot_label_efficiency(out: Path, label: str, variants: Sequence[str], seeds: Sequence[int],
+                          budgets: Sequence[int], readings: Sequence[str], path: Path) -> Path:
+    """One panel per reading: test top-1 (%) against labelled videos per class (log axis; "all" drawn at the
+    largest class size), a line per variant with the seeds' sample std shaded."""
+    from matplotlib.figure import Figure
+
+    everything = max(budgets) * 2 if 0 in budgets and max(budgets) else 1
+    xs = {b: b if b else everything for b in budgets}
+    fig = Figure(figsize=(4.6 * len(readings), 3.6))
+    for i, reading in enumerate(readings):
+        ax = fig.add_subplot(1, len(readings), i + 1)
+        for variant in variants:
+            points = [(xs[b], 100 * np.asarray(_budget_values(out, label, variant, seeds, b, reading)))
+                      for b in sorted(budgets, key=lambda b: xs[b])]
+            points = [(x, v) for x, v in points if len(v)]
+            if not points:
+                continue
+            x = [p[0] for p in points]
+            mean = np.array([v.mean() for _, v in points])
+            std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for _, v in points])
+            line, = ax.plot(x, mean, marker="o", ms=3, label=VARIANT_NAMES.get(variant, variant))
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        ax.set_xscale("log")
+        ax.set_xticks([xs[b] for b in budgets], [str(b) if b else "all" for b in budgets])
+        ax.set_xlabel("labelled videos per class")
+        ax.set_ylabel(f"{label} test top-1 (%)")
+        ax.set_title(f"reading: {reading}")
+        ax.grid(alpha=0.3)
+    fig.axes[0].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     return path
 
 

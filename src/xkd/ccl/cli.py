@@ -40,7 +40,7 @@ def _cmd_grid(args) -> int:
     from xkd.ccl.benchmark import run_grid
 
     table = run_grid(args.config, args.out, args.labels, args.variants, args.seeds, args.set,
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, budgets=args.labels_per_class, readings=args.unlabelled)
     print(table.read_text(), end="")
     print(f"table written: {table}")
     return 0
@@ -86,7 +86,11 @@ def add_ccl_parser(sub) -> None:
         help="train every label x variant x seed of a config and write the mean ± std table",
         description="Train the CCL variant table: one run per (label column, variant, seed) in\n"
                     "<out>/<label>/<variant>/seed<k>, skipping finished runs and resuming interrupted ones; then\n"
-                    "write <out>/table.md (test top-1 and R@1, mean ± sample std over seeds).",
+                    "write <out>/table.md (test top-1 and R@1, mean ± sample std over seeds). With\n"
+                    "--labels-per-class, one run per budget too (0 = every label), in each reading of the videos\n"
+                    "without a label (--unlabelled: drop = unused, distill = in the teacher terms), each as long in\n"
+                    "steps as the recipe with every label; then one table per label and reading (a row per budget)\n"
+                    "and <out>/label_efficiency_<label>.png.",
         formatter_class=HelpFormatter,
     )
     grid.add_argument("--config", required=True, help="YAML config file")
@@ -94,6 +98,10 @@ def add_ccl_parser(sub) -> None:
     grid.add_argument("--labels", nargs="+", default=["digit", "motion"], help="manifest label columns")
     grid.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), help="variants")
     grid.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds")
+    grid.add_argument("--labels-per-class", nargs="+", type=int, default=[0],
+                      help="label budgets: labelled training videos per class (0 = all), e.g. 10 25 50 100 0")
+    grid.add_argument("--unlabelled", nargs="+", default=["drop"], choices=["drop", "distill"],
+                      help="what a budget run does with the other training videos (data.unlabelled)")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key in every run (repeatable)")
     grid.add_argument("--no-progress", action="store_true", help="hide the progress bars")

@@ -41,6 +41,14 @@ class CCLDataConfig:
     eval_batch_size: int = 32
     num_workers: int = 2
     preload: bool = False  # decode every window once into run.cache_dir (xkd.data.decoded) and read it from there
+    # a label budget: this many training videos per class keep their label (stratified, drawn from run.seed, the
+    # same for every variant of a seed; val and test untouched); 0 = every training video is labelled
+    labels_per_class: int = 0
+    # the training videos outside the budget: "drop" = not used (every loss on the labelled videos, the faithful
+    # reading); "distill" = they enter the teacher terms only (no cross-entropy), each clip's positive its own
+    # teacher feature, unlabelled_batch_size of them beside every labelled batch
+    unlabelled: Literal["drop", "distill"] = "drop"
+    unlabelled_batch_size: int = 0  # 0 = batch_size
 
     @property
     def clip_duration(self) -> float:

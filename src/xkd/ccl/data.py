@@ -32,6 +32,7 @@ from xkd.data.video_views import EvalVideoView, VideoView
 from xkd.data.workers import init_worker
 
 HOLDOUT_SEED = 0  # the validation hold-out (data.val_fraction) is part of the protocol, not of a run's seed
+BUDGET_STREAM = 7919  # the label budget's draw: SeedSequence([BUDGET_STREAM, run.seed]), apart from the run's others
 
 
 @dataclass
@@ -72,6 +73,23 @@ def _holdout(train: Manifest, cfg: CCLDataConfig) -> np.ndarray:
         count = min(max(1, round(cfg.val_fraction * len(rows))), len(rows) - 1)
         held[rng.permutation(rows)[:count]] = True
     return held
+
+
+def label_budget(train: Manifest, cfg: CCLDataConfig, seed: int) -> np.ndarray:
+    """Boolean mask [N] of the training rows that keep their label under ``cfg.labels_per_class`` (all when 0):
+    that many random rows of each class (all of a smaller class), drawn from ``seed`` alone, so every variant of a
+    seed gets the same subset."""
+    labels = np.array(train.labels_of(cfg.label_column))
+    if cfg.labels_per_class < 0:
+        raise ValueError(f"data.labels_per_class must be >= 0, got {cfg.labels_per_class}")
+    if cfg.labels_per_class == 0:
+        return np.ones(len(labels), dtype=bool)
+    rng = np.random.default_rng(np.random.SeedSequence([BUDGET_STREAM, seed]))
+    keep = np.zeros(len(labels), dtype=bool)
+    for label in sorted(set(labels)):
+        rows = np.flatnonzero(labels == label)
+        keep[rng.permutation(rows)[:cfg.labels_per_class]] = True
+    return keep
 
 
 def load_split(cfg: CCLDataConfig, split: str) -> Manifest:
@@ -146,16 +164,18 @@ def iterate_windows(dataset: Dataset, batch_size: int, num_workers: int) -> Iter
 
 
 class TrainClips(Dataset):
-    """Item ``v``: one random window of video ``v`` with the training view.
+    """Item ``i``: one random window of video ``videos[i]`` (default: video ``i``) with the training view.
 
     Returns ``video`` float [3, T, S, S] in [0, 1] (the student normalises it) and ``index`` (the window drawn). The
-    window and the view are drawn from a generator seeded by (seed, epoch, v), so an item does not depend on the
+    window and the view are drawn from a generator seeded by (seed, epoch, i), so an item does not depend on the
     worker that loads it. ``decoded_cache`` (:func:`predecode_windows`) replaces decoding.
     """
 
-    def __init__(self, windows: Windows, cfg: CCLDataConfig, seed: int, decoded_cache: Path | None = None):
+    def __init__(self, windows: Windows, cfg: CCLDataConfig, seed: int, decoded_cache: Path | None = None,
+                 videos: np.ndarray | None = None):
         self.windows = windows
-        self.by_video = windows.of_video()
+        by_video = windows.of_video()
+        self.by_video = by_video if videos is None else [by_video[v] for v in videos]
         self.decoder = window_dataset(windows, cfg, decoded_cache=decoded_cache)
         self.view = VideoView(cfg.train_view, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
         self.seed = seed

@@ -18,6 +18,10 @@ video network) is used for the pair losses; with equal sizes it is the identity,
 the teachers in ``mapped``: those whose features are standardised (zero-mean, signed), which the student's
 non-negative x_v (ReLU, then average pooling) cannot point along without a map (docs/CCL.md, "Diagnosis").
 Clips a teacher has no features for (a file without audio) are left out of that teacher's terms.
+
+Clips without a label (``labelled`` False; ``data.unlabelled: distill``) enter the teacher terms only: no CE (video
+or composition), and in the pair losses a label of their own, so each one's only positive is its own teacher
+feature (and composition): the one positive that needs no label.
 """
 
 from __future__ import annotations
@@ -56,21 +60,26 @@ class CCL(nn.Module):
         """Parameters updated by L_t + L_v."""
         return list(self.compositions.parameters())
 
-    def losses(self, video: Tensor, labels: Tensor, teachers: dict[str, tuple[Tensor, Tensor]]
-               ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """video: [B, 3, T, H, W] in [0, 1]; labels: [B]; teachers: {modality: (x_t [B, D_t], available [B] bool)}.
+    def losses(self, video: Tensor, labels: Tensor, teachers: dict[str, tuple[Tensor, Tensor]],
+               labelled: Tensor | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """video: [B, 3, T, H, W] in [0, 1]; labels: [B] (any value where not ``labelled``); teachers: {modality:
+        (x_t [B, D_t], available [B] bool)}; labelled: [B] bool, None = every clip.
 
         Returns (L_v, L_comp = sum_t L_t, terms for logging). With no teacher (the baseline) L_comp is a zero.
         """
         logits_v, x_v = self.student(video)
-        ce = F.cross_entropy(logits_v, labels)
+        if labelled is not None and not bool(labelled.all()):  # own labels, below every class index
+            labels = torch.where(labelled, labels, -1 - torch.arange(len(labels), device=labels.device))
+        else:
+            labelled = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
+        ce = _cross_entropy(logits_v, labels, labelled)
         loss_v, loss_comp = ce, logits_v.new_zeros(())
         terms = {"ce": ce.detach()}
         for m, (x_t, available) in teachers.items():
             if not bool(available.any()):
                 continue
             keep = available if not bool(available.all()) else slice(None)
-            x_t, xv, y, lv = x_t[keep], x_v[keep], labels[keep], logits_v[keep]
+            x_t, xv, y, lv, has_y = x_t[keep], x_v[keep], labels[keep], logits_v[keep], labelled[keep]
             logits_tv, x_tv = self.compositions[m](x_t, xv)
             xv_t = self.projections[m](xv)
             tau = self.temperatures[m]
@@ -78,7 +87,7 @@ class CCL(nn.Module):
             c_v_t = pair_nce(xv_t, x_t, y, tau)
             c_tv_t = pair_nce(x_tv, x_t, y, tau)
             jsd = symmetric_kl(lv, logits_tv)
-            ce_t = F.cross_entropy(logits_tv, y)
+            ce_t = _cross_entropy(logits_tv, y, has_y)
             loss_v = loss_v + self.weight * (c_v_tv + c_v_t) + self.weight * jsd
             loss_comp = loss_comp + ce_t + c_v_tv + c_tv_t + jsd
             terms.update({f"ce_{m}": ce_t.detach(), f"ct_v_{m}": (c_v_tv + c_v_t).detach(),
@@ -101,3 +110,12 @@ class CCL(nn.Module):
             for p, g in zip(params, grads):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad + g
+
+
+def _cross_entropy(logits: Tensor, labels: Tensor, labelled: Tensor) -> Tensor:
+    """Mean CE over the labelled rows; a zero that keeps the graph when there is none. logits: [B, C]."""
+    if bool(labelled.all()):
+        return F.cross_entropy(logits, labels)
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits[labelled], labels[labelled])

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from xkd.ccl.config import CCLConfig
-from xkd.ccl.data import TrainClips, class_names, clip_windows, load_split, predecode_windows
+from xkd.ccl.data import TrainClips, class_names, clip_windows, label_budget, load_split, predecode_windows
 from xkd.ccl.evaluate import predict, recognition, retrieval
 from xkd.ccl.clip_cache import TeacherBank, default_cache_dir, standardization, teacher_features
 from xkd.ccl.method import CCL
@@ -34,6 +34,7 @@ from xkd.ccl.teacher_kinds import build_teacher
 from xkd.ccl.teachers import Teacher
 from xkd.config_io import dump_config, from_dict, to_dict
 from xkd.data.dataset import collate_clips
+from xkd.data.manifest import Manifest
 from xkd.data.sampler import StepBatchSampler
 from xkd.data.workers import init_worker
 from xkd.engine import checkpoint as ckpt
@@ -46,6 +47,7 @@ from xkd.engine.weights import CCL_FORMAT, CCL_WEIGHTS_FILE, load_weights, save_
 log = logging.getLogger(__name__)
 RESULTS = "results.json"
 STANDARDIZE_CLIPS = 512  # training clips whose clean frames estimate an augmented image teacher's statistics
+UNLABELLED_SEED = 1_000_003  # the unlabelled clips' windows and views: seed + this, apart from the labelled ones
 
 
 def cache_root(cfg: CCLConfig) -> Path:
@@ -126,6 +128,34 @@ class _TeacherInputs:
         return out
 
 
+class _UnlabelledBatches:
+    """The unlabelled clips beside each labelled batch (``data.unlabelled: distill``): global step ``s`` takes batch
+    ``s mod R`` of round ``s // R`` (R = the batches in one pass over the unlabelled videos, each round a new
+    permutation seeded by (seed, round)), so the stream is a function of the step and a resumed run continues it."""
+
+    def __init__(self, dataset: TrainClips, batch_size: int, seed: int):
+        self.dataset = dataset
+        self.sampler = StepBatchSampler(len(dataset), batch_size, seed=seed + UNLABELLED_SEED)
+
+    def batches(self, first: int, count: int) -> list[list[int]]:
+        """Index lists of the global steps [first, first + count)."""
+        out, size, perms = [], self.sampler.batch_size, {}
+        for s in range(first, first + count):
+            round_, k = divmod(s, self.sampler.steps_per_epoch)
+            if round_ not in perms:
+                self.sampler.set_epoch(round_)
+                perms[round_] = self.sampler.permutation()
+            out.append(perms[round_][k * size:(k + 1) * size].tolist())
+        return out
+
+    def loader(self, epoch: int, first_step: int, count: int, num_workers: int):
+        """An iterator over the unlabelled batches of the labelled epoch ``epoch``, from global step ``first_step``
+        (its clips' windows and views drawn from (seed, epoch, item))."""
+        self.dataset.set_epoch(epoch)
+        return iter(DataLoader(self.dataset, batch_sampler=self.batches(first_step, count), num_workers=num_workers,
+                               collate_fn=collate_clips, worker_init_fn=init_worker))
+
+
 def _teachers_and_banks(cfg: CCLConfig, train_windows, device, progress: bool):
     """The variant's teachers, the cached features of those that do not run on the augmented clip, and the
     standardisation statistics {modality: (mean [D], s)} of those with ``standardize``."""
@@ -167,13 +197,21 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
     # ---------------------------------------------------------------- data
     data = cfg.data
     names = class_names(data)
-    train_w = clip_windows(load_split(data, data.train_split), data.clip_duration, data.label_column, names)
+    train_rows = load_split(data, data.train_split)
+    budget = label_budget(train_rows, data, cfg.run.seed)  # [N] bool: the training videos that keep their label
+    distill = data.unlabelled == "distill" and not budget.all() and bool(cfg.teachers())
+    if not distill and not budget.all():  # the faithful reading: the unlabelled videos are not used at all
+        train_rows = Manifest([row for row, keep in zip(train_rows, budget) if keep], train_rows.root)
+    train_w = clip_windows(train_rows, data.clip_duration, data.label_column, names)
     val_w = clip_windows(load_split(data, data.val_split), data.clip_duration, data.label_column, names)
     train_cache = predecode_windows(train_w, data, cache_root(cfg), progress) if data.preload else None
     val_cache = predecode_windows(val_w, data, cache_root(cfg), progress) if data.preload else None
-    dataset = TrainClips(train_w, data, cfg.run.seed, train_cache)
+    dataset = TrainClips(train_w, data, cfg.run.seed, train_cache, np.flatnonzero(budget) if distill else None)
     sampler = StepBatchSampler(len(dataset), data.batch_size, seed=cfg.run.seed)
     train_labels = torch.from_numpy(train_w.labels)
+    unlabelled = _UnlabelledBatches(TrainClips(train_w, data, cfg.run.seed + UNLABELLED_SEED, train_cache,
+                                               np.flatnonzero(~budget)),
+                                    data.unlabelled_batch_size or data.batch_size, cfg.run.seed) if distill else None
 
     # ------------------------------------------------------------ networks
     teachers, banks, stats = _teachers_and_banks(cfg, train_w, device, progress)
@@ -217,12 +255,19 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
         model.train()
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers, collate_fn=collate_clips,
                             worker_init_fn=init_worker)
+        extra = unlabelled.loader(epoch, step, len(sampler), data.num_workers) if unlabelled else None
         for batch in loader:
             generator = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + step)
-            video = batch["video"].to(device, non_blocking=True)
-            windows = batch["index"]
+            video, windows = batch["video"], batch["index"]
+            labelled = torch.ones(len(windows), dtype=torch.bool)
+            if extra is not None:  # the unlabelled clips of this step after the labelled ones
+                more = next(extra)
+                video, windows = torch.cat([video, more["video"]]), torch.cat([windows, more["index"]])
+                labelled = torch.cat([labelled, torch.zeros(len(more["index"]), dtype=torch.bool)])
+            video = video.to(device, non_blocking=True)
             labels = train_labels[windows].to(device)
-            loss_v, loss_comp, terms = model.losses(video, labels, teacher_inputs(video, windows, generator))
+            loss_v, loss_comp, terms = model.losses(video, labels, teacher_inputs(video, windows, generator),
+                                                    labelled.to(device) if extra is not None else None)
             host_terms = terms_to_host(terms)
             bad = first_nonfinite(host_terms)
             if bad is not None:
@@ -237,7 +282,7 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
                 bar.set_postfix(loss=f"{host_terms['loss_v']:.3f}", lr=f"{lr:.1e}")
             if step >= total:
                 break
-        del loader
+        del loader, extra
         last = epoch == cfg.optim.epochs - 1 or step >= total
         if (epoch + 1) % cfg.run.eval_every == 0 or last:
             feats, probs = predict(model.student, val_w, data, device, val_cache)
@@ -261,7 +306,8 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
     results = evaluate_run(out_dir, cfg.data.test_split, retrieval_gallery=cfg.run.retrieval, progress=progress,
                            train_cache=train_cache)
     results.update(val=best, train_seconds=train_seconds, steps=step, variant=cfg.loss.variant,
-                   label_column=data.label_column, seed=cfg.run.seed,
+                   label_column=data.label_column, seed=cfg.run.seed, labelled_videos=int(budget.sum()),
+                   unlabelled_videos=int((~budget).sum()) if distill else 0,
                    teachers={m: t.fingerprint for m, t in teachers.items()})
     (out_dir / RESULTS).write_text(json.dumps(results, indent=2))
     logger.close()
