@@ -188,6 +188,8 @@ class RunConfig:
     checkpoint_every: int = 500  # steps; a checkpoint is also written at the end
     keep_checkpoints: int = 3  # run checkpoints kept on disk (the newest ones)
     snapshot_every: int = 0  # steps between weight snapshots (snapshots/step_*.safetensors, all kept); 0 = none
+    probe_every: int = 0  # steps between teacher-cluster diagnostics (xkd.engine.cluster_probe); 0 = none
+    probe_clips: int = 256  # training clips the cluster diagnostics assign (evenly spaced rows, fixed)
     log_every: int = 10  # steps
     epoch_size: int = 0  # samples per epoch; 0 = the manifest's size (rounded down to whole steps)
     nonfinite: Literal["stop", "skip"] = "stop"  # a NaN/Inf loss stops the run, or skips the step and counts it

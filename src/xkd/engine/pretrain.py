@@ -32,6 +32,7 @@ from xkd.data.dataset import BadMediaReport
 from xkd.data.pretrain_batches import PretrainBatches
 from xkd.data.workers import threads_beside_workers
 from xkd.engine import checkpoint as ckpt
+from xkd.engine.cluster_probe import ClusterProbe
 from xkd.engine.distributed import DistInfo, barrier, cleanup, gather_objects, init_distributed
 from xkd.engine.flops import count_flops, measure_matmul_peak
 from xkd.engine.fsdp import full_state_dict, load_sharded, save_sharded, shard_model
@@ -265,7 +266,8 @@ def pretrain(
         cleanup()
 
 
-_HOW_NOT_WHAT = ("data.num_workers", "run.log_every", "run.checkpoint_every")  # keys a reused run may differ in
+# keys a reused run may differ in
+_HOW_NOT_WHAT = ("data.num_workers", "run.log_every", "run.checkpoint_every", "run.probe_every", "run.probe_clips")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -277,7 +279,7 @@ def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(saved: PretrainConfig, wanted: PretrainConfig) -> list[str]:
     """The keys (``section.key``) whose values differ between two configs, but those that change how a run is
-    carried out and not what it computes (loader workers, logging and checkpoint intervals)."""
+    carried out and not what it computes (loader workers, logging, checkpoint and diagnostic intervals)."""
     a, b = _flat(to_dict(saved)), _flat(to_dict(wanted))
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k) and k not in _HOW_NOT_WHAT)
 
@@ -376,6 +378,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
             save_weights_file(model, cfg, path, at_step, full_steps, weights)
         barrier()
 
+    probe = ClusterProbe(cfg, model, device) if run.probe_every else None
+
     # --------------------------------------------------------------- loop
     peak = run.peak_tflops * 1e12 if run.peak_tflops > 0 else None
     bar = tqdm(total=total_steps, initial=step, desc=f"pretrain {cfg.method}", unit="step",
@@ -434,6 +438,8 @@ def _pretrain(cfg, out_dir: Path, resume: bool, max_steps, progress: bool, dist_
                 save(step)
             if run.snapshot_every and step % run.snapshot_every == 0 and step < total_steps:
                 snapshot(step)
+            if probe is not None and (step % run.probe_every == 0 or step == total_steps):
+                logger.log(step, probe())
         del batches, loader
     bar.close()
     final_state = save(step)
