@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 import xkd
-from xkd.api import Encoders, random_encoders
+from xkd.api import Encoders, baseline_seed, random_encoders
 from xkd.cli_help import HelpFormatter
 from xkd.config import PretrainConfig, load_config
 from xkd.config_io import apply_overrides
@@ -149,13 +149,13 @@ class ProgressEncoders(Encoders):
             done = (self.records[-1][0] if self.records else 0.0) + clips / self.clips_per_video
             self.records.append((done, *rss_now()))
 
-    def encode_video(self, clips: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        out = super().encode_video(clips, batch_size)
+    def encode_video(self, clips: torch.Tensor, batch_size: int = 32, **kwargs) -> torch.Tensor:
+        out = super().encode_video(clips, batch_size, **kwargs)
         self._record("video", len(clips))
         return out
 
-    def encode_audio(self, audio: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        out = super().encode_audio(audio, batch_size)
+    def encode_audio(self, audio: torch.Tensor, batch_size: int = 32, **kwargs) -> torch.Tensor:
+        out = super().encode_audio(audio, batch_size, **kwargs)
         self._record("audio", len(audio))
         return out
 
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         loaded = xkd.load(args.weights, device=args.device)
         loaded.config = apply_overrides(loaded.config, args.set, source=f"{args.weights} config")
     else:
-        loaded = random_encoders(load_config(PretrainConfig, args.config, args.set), device=args.device)
+        loaded = random_encoders(load_config(PretrainConfig, args.config, args.set), seed=baseline_seed(0), device=args.device)
     modalities = [m for m in ("video", "audio") if getattr(loaded, m) is not None]
     encoders = ProgressEncoders(loaded.video, loaded.audio, loaded.config, loaded.role, loaded.source,
                                 counted="audio" if loaded.audio is not None else "video", clips_per_video=args.clips)

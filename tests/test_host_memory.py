@@ -14,8 +14,8 @@ def test_each_policy_sets_both_thresholds(monkeypatch):
     calls = []
     monkeypatch.setattr(host_memory, "_mallopt", lambda option, value: calls.append((option, value)) or True)
     assert host_memory.keep_freed_host_memory()
-    assert host_memory.return_freed_host_memory()
-    assert calls == [(-3, 32 * 2**20), (-1, 2**31 - 1), (-3, 64 * 1024), (-1, 128 * 1024)]
+    assert host_memory.worker_heap()
+    assert calls == [(-3, 32 * 2**20), (-1, 2**31 - 1), (-3, 32 * 2**20), (-1, 128 * 1024)]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
@@ -23,7 +23,8 @@ def test_the_real_calls_succeed_and_memory_still_works():
     assert host_memory.keep_freed_host_memory()
     assert host_memory.keep_freed_host_memory()  # idempotent
     assert torch.ones(3000, 3000).sum().item() == 9_000_000  # a 36 MB block, above the raised mmap threshold
-    assert host_memory.return_freed_host_memory()  # back to a worker's settings for the rest of this process
+    assert host_memory.release_freed_host_memory()
+    assert host_memory.worker_heap()  # a worker's settings for the rest of this process
 
 
 def test_a_cpu_trainer_applies_them(monkeypatch):

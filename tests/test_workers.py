@@ -1,6 +1,6 @@
-"""DataLoader workers: large freed buffers go back to the system, so a worker's memory stays flat (a trainer keeps
-them, and a worker forked from a trainer gives them back again); the training process leaves the workers their
-cores."""
+"""DataLoader workers: large freed buffers go back to the system after each batch, so a worker's memory stays flat (a
+trainer keeps them, and a worker forked from a trainer gives them back again); the training process leaves the
+workers their cores."""
 
 import subprocess
 import sys
@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from xkd.data import workers
-from xkd.host_memory import return_freed_host_memory
+from xkd.host_memory import worker_heap
 
 # Frees a 4 MiB block (glibc then raises its mmap threshold past 512 KiB), then holds 100 blocks of 512 KiB each
-# followed by a small (8 KiB) long-lived allocation that stops the heap from shrinking, frees the large ones, and prints how
-# much of their memory the process still holds.
+# followed by a small (8 KiB) long-lived allocation that stops the heap from shrinking, frees the large ones (a worker
+# then releases them, as collate_clips does after a batch), and prints how much of their memory the process still
+# holds.
 FRAGMENT = """
 import ctypes, ctypes.util, re, sys
-from xkd.host_memory import keep_freed_host_memory, return_freed_host_memory
+from xkd.host_memory import keep_freed_host_memory, release_freed_host_memory, worker_heap
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
@@ -29,7 +30,7 @@ def touched(n):
 if sys.argv[1] in ("trainer", "worker of a trainer"):
     assert keep_freed_host_memory()
 if sys.argv[1] in ("worker", "worker of a trainer"):
-    assert return_freed_host_memory()
+    assert worker_heap()
 libc.free(touched(4 << 20))
 before = rss_mb()
 big, small = [], []
@@ -38,6 +39,8 @@ for _ in range(100):
     small.append(touched(8 << 10))
 for p in big:
     libc.free(p)
+if sys.argv[1] in ("worker", "worker of a trainer"):
+    assert release_freed_host_memory()
 print(rss_mb() - before)
 """
 
@@ -47,7 +50,7 @@ def held_after_free(mode: str) -> float:
     return float(out.stdout)
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux") or not return_freed_host_memory(), reason="glibc only")
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not worker_heap(), reason="glibc only")
 def test_workers_return_freed_buffers_to_the_system_and_trainers_keep_them():
     assert held_after_free("default") > 30  # the 50 MiB of freed blocks stay in the fragmented heap
     assert held_after_free("trainer") > 30  # kept on purpose, for the next step
@@ -65,7 +68,7 @@ def test_extraction_workers_pin_the_threshold(tmp_path, monkeypatch):
 
     marks = tmp_path / "marks"
     marks.mkdir()
-    monkeypatch.setattr(workers, "return_freed_host_memory", lambda: (marks / str(os.getpid())).touch())  # forked workers
+    monkeypatch.setattr(workers, "worker_heap", lambda: (marks / str(os.getpid())).touch())  # forked workers
     root = tmp_path / "media"
     write_separable(root, per_class_train=1, per_class_test=1)
     opts = ExtractOptions(clips_per_video=1, num_workers=1, progress=False, batch_size=2)
@@ -107,3 +110,24 @@ def test_pretraining_sets_its_threads_and_restores_the_callers(avdigits_tiny, tm
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(2)
+
+
+def test_a_worker_releases_freed_memory_after_each_batch_and_the_main_process_does_not(tmp_path, monkeypatch):
+    import os
+
+    from torch.utils.data import DataLoader
+
+    from xkd.data import dataset
+
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    monkeypatch.setattr(dataset, "release_freed_host_memory",
+                        lambda: (marks / f"{os.getpid()}-{len(list(marks.iterdir()))}").touch())
+    items = [{"x": torch.full((4,), float(i))} for i in range(6)]
+    dataset.collate_clips(items[:2])
+    assert not list(marks.iterdir())  # not in the main process
+    loader = DataLoader(items, batch_size=2, num_workers=1, collate_fn=dataset.collate_clips,
+                        worker_init_fn=workers.init_worker)
+    assert [b["x"][:, 0].tolist() for b in loader] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+    pids = {p.name.split("-")[0] for p in marks.iterdir()}
+    assert len(list(marks.iterdir())) == 3 and pids != {str(os.getpid())} and len(pids) == 1  # once per batch

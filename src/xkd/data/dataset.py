@@ -38,11 +38,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from xkd.data.decoded import DecodedClips, row_bounds
 from xkd.data.manifest import Manifest
 from xkd.data.media import Clip, Decoding, MediaError, clip_starts
+from xkd.host_memory import release_freed_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +211,14 @@ def _stack(values: list, key: str):
 
 def collate_clips(items: list[dict[str, Any]]) -> dict[str, Any]:
     """Batch items: tensors are stacked (lists of tensors position by position), numbers become tensors, and the
-    ``bad`` lists are concatenated into one list of ``(path, reason)``."""
+    ``bad`` lists are concatenated into one list of ``(path, reason)``. In a DataLoader worker, the memory freed while
+    making the batch is then handed back to the system (:mod:`xkd.data.workers`: once per batch)."""
     batch: dict[str, Any] = {}
     for key in items[0]:
         values = [item[key] for item in items]
         batch[key] = [entry for v in values for entry in v] if key == "bad" else _stack(values, key)
+    if get_worker_info() is not None:
+        release_freed_host_memory()
     return batch
 
 

@@ -40,6 +40,7 @@ from xkd.data.manifest import Manifest, ManifestRow
 from xkd.data.media import Clip, Decoding, MediaError
 from xkd.data.window_samplers import AUDIO_PAD_TOLERANCE
 from xkd.data.workers import init_worker
+from xkd.host_memory import release_freed_host_memory
 
 FORMAT = "xkd-decoded-1"
 
@@ -95,6 +96,7 @@ def _decode_row(job: tuple[str, float, float | None, str, dict]) -> str | None:
     tmp = rows / f".{key}.json.tmp"
     tmp.write_text(json.dumps(meta))
     tmp.replace(rows / f"{key}.json")  # written last: a row is done when its json exists
+    release_freed_host_memory()  # a pool worker's heap stays flat over the files (xkd.data.workers)
     return meta.get("bad")
 
 

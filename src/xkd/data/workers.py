@@ -1,7 +1,8 @@
 """Set-up of every DataLoader worker process of the package.
 
-Each worker gives freed memory back to the system (:func:`xkd.host_memory.return_freed_host_memory`), so its memory
-stays flat over a run.
+Each worker keeps freed buffers in its heap for reuse within a batch (:func:`xkd.host_memory.worker_heap`) and hands
+them back to the system after each batch (:func:`xkd.data.dataset.collate_clips`), so its memory stays flat over a
+run without page-faulting every buffer in again.
 
 On a CPU-only machine the workers also share the cores with the training process: :func:`threads_beside_workers`
 is the torch thread count that leaves them their cores, so the step's parallel regions do not stall while a worker
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import os
 
-from xkd.host_memory import return_freed_host_memory
+from xkd.host_memory import worker_heap
 
 
 def init_worker(worker_id: int) -> None:
-    """``worker_init_fn`` of every DataLoader: keeps the worker's memory flat (see the module docstring)."""
-    return_freed_host_memory()
+    """``worker_init_fn`` of every DataLoader: the worker's allocator settings (see the module docstring)."""
+    worker_heap()
 
 
 def available_cores() -> int:
