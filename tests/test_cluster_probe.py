@@ -15,6 +15,7 @@ from xkd.engine.pretrain import pretrain
 def test_the_categorical_columns_are_compared(avdigits_tiny):
     columns = label_columns(read_manifest(avdigits_tiny))
     assert {"digit", "motion", "voice"} <= set(columns) and "path" not in columns
+    assert "speech_start" not in columns  # a time, not a category
 
 
 def test_ami_is_logged_every_n_steps_and_changes_nothing_else(avdigits_tiny, tmp_path):

@@ -26,12 +26,12 @@ from xkd.models.xkd import XKD
 
 
 def label_columns(rows: Manifest) -> list[str]:
-    """The manifest's categorical columns: ``label`` when rows carry one, then every extra column holding between
-    2 and len(rows) - 1 distinct values (so paths and ids are left out)."""
+    """The manifest's categorical columns: ``label`` when rows carry more than one, then every extra column holding
+    between 2 and len(rows) / 2 distinct values (so paths, ids and continuous values such as times are left out)."""
     columns = ["label"] if any(r.labels for r in rows) and len({r.labels for r in rows}) > 1 else []
     for name in dict.fromkeys(k for r in rows for k in r.extra):
         values = {r.extra.get(name, "") for r in rows}
-        if 1 < len(values) < len(rows):
+        if 1 < len(values) <= len(rows) // 2:
             columns.append(name)
     return columns
 
@@ -54,7 +54,7 @@ class ClusterProbe:
             raise ValueError(f"run.probe_every needs at least 2 training clips, got {count}")
         picks = np.unique(np.linspace(0, len(rows) - 1, count).round().astype(int))
         self.rows = Manifest([rows[int(i)] for i in picks], rows.root)
-        self.columns = label_columns(self.rows)
+        self.columns = label_columns(rows)  # judged on every training row, not on the sample
         if not self.columns:
             raise ValueError(f"run.probe_every: the manifest {source} has no label column to compare clusters with")
         views = EvalViews(LogMel(d.logmel), d.logmel.sample_rate, crop_size=d.video_global.crop_size,
