@@ -67,7 +67,8 @@ def budget_runs(setup, tmp_path, monkeypatch):  # noqa: F811
 
 
 def test_the_faithful_reading_trains_on_the_labelled_videos_only(budget_runs):
-    results, calls, windows = budget_runs("drop", "loss.variant=ccl-a")
+    results, calls, windows = budget_runs("drop", "loss.variant=ccl-a", "run.retrieval=true", "data.preload=true")
+    assert "R@1" in results["retrieval"]  # the gallery: every training video, decoded beyond the labelled ones
     assert results["labelled_videos"] == 2 and results["unlabelled_videos"] == 0
     assert len(set(windows[0].video)) == 2  # the training videos: one labelled one per class
     assert results["steps"] == 2 and all(n == 2 and mask is None for n, mask in calls)  # 2 epochs of 1 batch

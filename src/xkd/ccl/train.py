@@ -303,8 +303,9 @@ def train_ccl(cfg: CCLConfig, out_dir: str | Path, resume: bool = False, max_ste
     train_seconds = elapsed_before + time.perf_counter() - t0
 
     # ---------------------------------------------------------------- test
+    gallery_cache = train_cache if len(train_rows) == len(budget) else None  # the gallery is every training video
     results = evaluate_run(out_dir, cfg.data.test_split, retrieval_gallery=cfg.run.retrieval, progress=progress,
-                           train_cache=train_cache)
+                           train_cache=gallery_cache)
     results.update(val=best, train_seconds=train_seconds, steps=step, variant=cfg.loss.variant,
                    label_column=data.label_column, seed=cfg.run.seed, labelled_videos=int(budget.sum()),
                    unlabelled_videos=int((~budget).sum()) if distill else 0,
