@@ -2,7 +2,7 @@
 Kinetics-400 recipe's windows: 4 s at random starts in [0, 6] s of a 10 s file, 32 frames at 8 fps (each the frame
 nearest its time), short side 112, video only, one decoder thread, one torch thread.
 
-    pip install torchcodec==0.13.0      # the last CPU wheel on PyPI; needs FFmpeg's shared libraries (apt: libavcodec-dev ...)
+    pip install torchcodec==0.13.0   # the last CPU wheel on PyPI; needs FFmpeg's shared libraries (libavcodec-dev ...)
     python benchmarks/decoders.py FILE [FILE ...]
 
 torchcodec decodes in exact seek mode and resizes inside its decoder (``transforms=[Resize]``, bilinear with

@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> dict:
         loaded = xkd.load(args.weights, device=args.device)
         loaded.config = apply_overrides(loaded.config, args.set, source=f"{args.weights} config")
     else:
-        loaded = random_encoders(load_config(PretrainConfig, args.config, args.set), seed=baseline_seed(0), device=args.device)
+        cfg = load_config(PretrainConfig, args.config, args.set)
+        loaded = random_encoders(cfg, seed=baseline_seed(0), device=args.device)
     modalities = [m for m in ("video", "audio") if getattr(loaded, m) is not None]
     encoders = ProgressEncoders(loaded.video, loaded.audio, loaded.config, loaded.role, loaded.source,
                                 counted="audio" if loaded.audio is not None else "video", clips_per_video=args.clips)
