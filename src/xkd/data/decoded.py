@@ -96,8 +96,15 @@ def _decode_row(job: tuple[str, float, float | None, str, dict]) -> str | None:
     tmp = rows / f".{key}.json.tmp"
     tmp.write_text(json.dumps(meta))
     tmp.replace(rows / f"{key}.json")  # written last: a row is done when its json exists
-    release_freed_host_memory()  # a pool worker's heap stays flat over the files (xkd.data.workers)
     return meta.get("bad")
+
+
+def _decode_row_in_worker(job: tuple[str, float, float | None, str, dict]) -> str | None:
+    """:func:`_decode_row` in a pool worker, whose heap then gives the row's freed memory back (xkd.data.workers);
+    the calling process, decoding in place, keeps its own allocator policy."""
+    reason = _decode_row(job)
+    release_freed_host_memory()
+    return reason
 
 
 def predecode(
@@ -134,7 +141,10 @@ def predecode(
     pool_or_none = get_context("spawn").Pool(workers, initializer=init_worker, initargs=(0,)) if parallel else None
     with pool_or_none or contextlib.nullcontext(), tqdm(total=len(jobs), desc="predecode", unit="file",
                                                        disable=not progress) as bar:
-        reasons = pool_or_none.imap_unordered(_decode_row, jobs, chunksize=8) if parallel else map(_decode_row, jobs)
+        if parallel:
+            reasons = pool_or_none.imap_unordered(_decode_row_in_worker, jobs, chunksize=8)
+        else:
+            reasons = map(_decode_row, jobs)
         for reason in reasons:
             if reason:
                 bad[reason] = bad.get(reason, 0) + 1
