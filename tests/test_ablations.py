@@ -32,6 +32,10 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
     assert "| ceiling fraction: (model - random init) / (supervised - random init) |" in text
     assert set(results["ceiling_fraction"]["xkd/teacher"]) == {"video digit", "audio digit", "audio+video digit"}
     assert results["overrides"] == ["data.batch_size=4"] and "(every run with data.batch_size=4)" in text
+    # every run sliced its clips from the one decoded copy of the training split, in its own process
+    config = (out / "xkd" / "seed0" / "config.yaml").read_text()
+    assert f"decoded_cache: {out / 'decoded'}" in config and "num_workers: 0" in config
+    assert (out / "decoded" / "index.json").is_file()
     # the ablation overrides reach the runs
     assert "recon_audio: false" in (out / "recon-video" / "seed0" / "config.yaml").read_text()
     assert "teacher_view: global" in (out / "global-view" / "seed0" / "config.yaml").read_text()

@@ -3,12 +3,12 @@
 Each variant is a CPU recipe of the AV-Digits version run (``configs/pretrain/*_avdigits_v3_cpu.yaml`` for version 3,
 ``*_v2_cpu.yaml`` for version 2, ``*_avdigits_cpu.yaml`` for version 1) plus overrides. Every (variant, seed) pretrains
 a complete schedule of ``steps`` steps into ``<out>/<variant>/seed<k>`` (finished runs are reused, interrupted ones
-resumed); then all models of a seed (teachers and students of the variants that have teachers) and a random-init
-encoder built from its own seed (:func:`xkd.api.baseline_seed`) are evaluated together with the ridge classifier on
-standardised features (docs/EVALUATION.md) on the four AV-Digits tasks (each clip decoded once) into
-``<out>/eval_seed<k>.json``. ``<out>/table.md`` and ``<out>/results.json`` hold the top-1 per task as mean ± sample std
-over seeds and the penalty the classifier chose;
-``<out>/timings.json`` the wall time of every piece of work.
+resumed), its clips sliced from one decoded copy of the training split (``<out>/decoded``, as in ``xkd demo``); then
+all models of a seed (teachers and students of the variants that have teachers) and a random-init encoder built from
+its own seed (:func:`xkd.api.baseline_seed`) are evaluated together with the ridge classifier on standardised features
+(docs/EVALUATION.md) on the four AV-Digits tasks (each clip decoded once) into ``<out>/eval_seed<k>.json``.
+``<out>/table.md`` and ``<out>/results.json`` hold the top-1 per task as mean ± sample std over seeds and the penalty
+the classifier chose; ``<out>/timings.json`` the wall time of every piece of work.
 """
 
 from __future__ import annotations
@@ -53,6 +53,8 @@ VARIANTS = (
     Variant("mas", "XKD-MAS (shared student)", "xkd_mas"),
     Variant("mats", "XKD-MATS (shared student and teacher)", "xkd_mats"),
     Variant("xkd-small", "small-data XKD: Sinkhorn targets, 64 prototypes", "xkd_small"),
+    Variant("small-ae-kd", "small-data XKD: L_ae + L_kd (no domain alignment)", "xkd_small", ("loss.da=false",)),
+    Variant("small-no-refine", "small-data XKD, refinement off", "xkd_small", ("loss.refine=false",)),
     Variant("cav-mae", "contrastive: cross-modal InfoNCE (method cav-mae, CPU recipe)", "cav_mae"),
     Variant("supervised", "supervised ceiling (the digit taught on whole views, same steps)", "xkd", supervised=True),
 )
@@ -171,7 +173,7 @@ def run_ablations(
     ``version``: the build's in ``data_dir`` when there is one, else 3; ``data_dir`` defaults to its folder."""
     from xkd.api import baseline_seed, random_encoders
     from xkd.datasets.avdigits import choose_version, default_dir, prepare_avdigits
-    from xkd.demo import avdigits_recipe, cpu_recipe
+    from xkd.demo import avdigits_recipe, cpu_recipe, decode_training_split
     from xkd.engine.pretrain import pretrain_or_reuse
     from xkd.engine.supervised import supervised_or_reuse
     from xkd.eval.run import EvalOptions, evaluate_many
@@ -190,10 +192,13 @@ def run_ablations(
     tasks = tasks_for(f"av-digits:{data_dir}", split=split)
     task_names = [t.name for t in tasks]
 
+    # every run slices its clips from one decoded copy of the training split, in its own process (as xkd demo)
+    decoded = decode_training_split(avdigits_recipe("xkd", version), [f"data.manifest={manifest}", *(overrides or [])],
+                                    out / "decoded", workers, progress)
     per_seed: dict[int, dict[str, dict]] = {}
     for seed in seeds:
-        common = [f"data.manifest={manifest}", f"data.num_workers={workers}", f"run.seed={seed}",
-                  f"run.log_every={max(1, min(10, steps // 10))}", *(overrides or [])]
+        common = [f"data.manifest={manifest}", "data.num_workers=0", f"data.decoded_cache={decoded}",
+                  f"run.seed={seed}", f"run.log_every={max(1, min(10, steps // 10))}", *(overrides or [])]
         seed_file = out / f"eval_seed{seed}.json"
         done = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
         key = (steps, train_clips, PROTOCOL, split)
