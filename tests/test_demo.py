@@ -3,6 +3,7 @@
 import json
 
 from xkd.cli import main
+from xkd.data.manifest import read_manifest
 
 
 def test_quick_demo_writes_the_report(tmp_path, capsys):
@@ -31,3 +32,7 @@ def test_quick_demo_writes_the_report(tmp_path, capsys):
     assert (out / "eval" / "xkd_teacher.json").is_file() and (out / "eval" / "supervised.md").is_file()
     assert len(list((out / "eval").glob("random_init_seed_*.json"))) == 3
     assert (out / "cav-mae" / "snapshots" / "step_000000001.safetensors").is_file()
+    for run in ("xkd", "cav-mae", "mae"):  # the training split decoded once, sliced by every run
+        assert f"decoded_cache: {out / 'decoded'}" in (out / run / "config.yaml").read_text()
+    train = [r for r in read_manifest(tmp_path / "av-digits-tiny" / "manifest.csv") if r.split == "train"]
+    assert len(list((out / "decoded" / "rows").glob("*.video.npy"))) == len(train) > 0

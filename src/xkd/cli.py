@@ -85,12 +85,12 @@ def _demo_parser(sub) -> None:
         sub,
         "demo",
         "the whole method on a CPU: build AV-Digits, pretrain XKD, CAV-MAE and MAE, evaluate, write a report",
-        "Build AV-Digits if missing; pretrain XKD, the contrastive objective (CAV-MAE) and the MAE-only baseline with\n"
-        "the CPU recipes, keeping weights along each run, and teach the same encoders the digit (the supervised\n"
-        "ceiling); evaluate them and random-init encoders of 3 seeds (ridge classifier: video digit, video motion,\n"
-        "audio digit leave-one-voice-out, audio+video digit; test split); score the kept weights on the val split;\n"
-        "write report.md (table, learning curves, loss curves, 2-D feature projection). Finished steps are reused\n"
-        "when the demo runs again with the same --out.",
+        "Build AV-Digits if missing and decode its training split once (into OUT/decoded); pretrain XKD, the\n"
+        "contrastive objective (CAV-MAE) and the MAE-only baseline with the CPU recipes, keeping weights along each\n"
+        "run, and teach the same encoders the digit (the supervised ceiling); evaluate them and random-init encoders\n"
+        "of 3 seeds (ridge classifier: video digit, video motion, audio digit leave-one-voice-out, audio+video digit;\n"
+        "test split); score the kept weights on the val split; write report.md (table, learning curves, loss curves,\n"
+        "2-D feature projection). Finished steps are reused when the demo runs again with the same --out.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny data and a few steps: a smoke test of the pipeline")
@@ -99,10 +99,12 @@ def _demo_parser(sub) -> None:
                         "--version 2 / 1; -tiny with --quick)")
     p.add_argument("--version", type=int, choices=(1, 2, 3), default=None,
                    help="AV-Digits version and its CPU recipes (None = the build's in --data, else 3)")
-    p.add_argument("--steps", type=int, default=None, help="pretraining steps per model (None = 400, 12 with --quick)")
-    p.add_argument("--curve-points", type=int, default=4,
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps per model (None = 250, 12 with --quick)")
+    p.add_argument("--curve-points", type=int, default=5,
                    help="weights scored along each run for the learning curves (the last is the final weights)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes that build, decode and, during evaluation, load the clips (pretraining reads the "
+                        "decoded clips in its own process)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -144,7 +146,9 @@ def _ablations_parser(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds")
     p.add_argument("--variants", nargs="+", choices=[v.name for v in VARIANTS], default=None,
                    help="a subset of the variants (default: all)")
-    p.add_argument("--workers", type=int, default=2, help="data-loading processes")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes that build, decode and, during evaluation, load the clips (pretraining reads the "
+                        "decoded clips in its own process)")
     p.add_argument("--train-clips", type=int, default=1,
                    help="classifier training clips per video (AV-Digits clips are whole videos: more clips repeat the view)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -1,6 +1,7 @@
 """``xkd demo``: the whole method on a laptop CPU, from raw data to a report.
 
-1. builds AV-Digits (version 3 unless told otherwise) if it is missing;
+1. builds AV-Digits (version 3 unless told otherwise) if it is missing, and decodes its training split once into
+   ``<out>/decoded`` (``xkd data predecode``), from which every pretraining run slices its clips;
 2. pretrains XKD, the contrastive objective (CAV-MAE) and the MAE-only baseline with the version's CPU recipes
    (``configs/pretrain/*_avdigits_v3_cpu.yaml``), each with its schedule sized to the ``steps`` the demo runs and
    keeping its weights at a few points along the way, and teaches the same encoders the digit for the same steps
@@ -8,7 +9,7 @@
 3. evaluates XKD's teachers and students, the contrastive and MAE-only encoders, the ceiling and random-init encoders
    of three seeds (never a pretraining seed) with a ridge classifier on standardised features (docs/EVALUATION.md)
    on four test tasks: video digit, video motion, audio digit (leave-one-voice-out) and audio+video digit;
-4. scores the kept weights on the val split (video digit, audio digit; classifiers trained on 100 videos per digit)
+4. scores the kept weights on the val split (video digit, audio digit; classifiers trained on 50 videos per digit)
    for the learning curves;
 5. writes ``report.md`` with the table, the learning curves, the loss curves and a 2-D projection of the video
    features coloured by digit.
@@ -35,7 +36,8 @@ log = logging.getLogger(__name__)
 
 RANDOM_SEEDS = (0, 1, 2)  # random-init encoders of baseline_seed(k): the table's spread of an untrained encoder
 CURVE_TASKS = ("video digit", "audio digit")
-CURVE_TRAIN_PER_DIGIT = 100  # training videos per digit of the curves' classifiers (the table's use all 3,500)
+CURVE_TRAIN_PER_DIGIT = 50  # training videos per digit of the curves' classifiers (the table's use all 4,000)
+STEPS = 250  # per model: what fits the 15-minute budget on a 2-core CPU (docs/REPRODUCTION.md "The v3 demo")
 
 
 @dataclass
@@ -51,10 +53,11 @@ class DemoPlan:
 
     @classmethod
     def make(cls, quick: bool, data_dir: str | None, steps: int | None, workers: int,
-             version: int | None = None, curve_points: int = 4) -> "DemoPlan":
+             version: int | None = None, curve_points: int = 5) -> "DemoPlan":
         version = choose_version(data_dir, version)
-        return cls(Path(data_dir or default_dir(version, tiny=quick)), quick, steps or (12 if quick else 400), workers,
-                   version, max(1, min(curve_points, steps or 12)))
+        steps = steps or (12 if quick else STEPS)
+        return cls(Path(data_dir or default_dir(version, tiny=quick)), quick, steps, workers, version,
+                   max(1, min(curve_points, steps)))
 
     @property
     def snapshot_every(self) -> int:
@@ -84,10 +87,25 @@ def cpu_recipe(name: str, overrides: list[str]) -> PretrainConfig:
     return load_config(PretrainConfig, recipe_file("pretrain", name), overrides)
 
 
-def _config(name: str, manifest: Path, plan: DemoPlan, snapshots: bool = True) -> PretrainConfig:
-    return cpu_recipe(name, [f"data.manifest={manifest}", f"data.num_workers={plan.workers}",
+def _config(name: str, manifest: Path, plan: DemoPlan, decoded: Path, snapshots: bool = True) -> PretrainConfig:
+    """The recipe ``name`` on ``manifest``, its clips sliced from the ``decoded`` cache in the training process (no
+    loader workers: a window costs ~3 ms there against ~12 ms decoded from its file, and every core goes to the model;
+    1.1-1.4x faster per step on 2 cores, docs/REPRODUCTION.md)."""
+    return cpu_recipe(name, [f"data.manifest={manifest}", "data.num_workers=0", f"data.decoded_cache={decoded}",
                              f"run.log_every={max(1, min(10, plan.steps // 10))}",
                              f"run.snapshot_every={plan.snapshot_every if snapshots else 0}"])
+
+
+def decode_training_split(recipe: str, overrides: list[str], folder: Path, workers: int, progress: bool) -> Path:
+    """Decode the pretraining split of the CPU recipe ``recipe`` (with ``overrides``) once into ``folder``, at its
+    decoding settings, which every AV-Digits recipe shares (a cache of other settings is refused when read); rows
+    already there are kept. Returns ``folder``, for ``data.decoded_cache``."""
+    from xkd.data.decoded import predecode
+    from xkd.data.views import pretrain_dataset
+
+    dataset = pretrain_dataset(cpu_recipe(recipe, [*overrides, "data.decoded_cache="]))
+    predecode(dataset.manifest, folder, dataset.decoding, workers=max(workers, 1), progress=progress)
+    return folder
 
 
 def _plot_losses(runs: dict[str, Path], path: Path) -> Path:
@@ -151,7 +169,7 @@ def demo_table(results: dict[str, dict], columns: dict[str, list[str]], tasks: l
 
 
 def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str | None = None,
-             steps: int | None = None, workers: int = 2, version: int | None = None, curve_points: int = 4) -> Path:
+             steps: int | None = None, workers: int = 2, version: int | None = None, curve_points: int = 5) -> Path:
     """Run the demo into ``out`` and return the path of its ``report.md``; ``version`` of AV-Digits: the build's in
     ``data_dir`` when there is one, else 3; ``curve_points``: weights scored along each run."""
     from xkd.api import baseline_seed, load, random_encoders
@@ -176,22 +194,27 @@ def run_demo(out: str | Path = "runs/demo", quick: bool = False, data_dir: str |
     manifest = prepare_avdigits(plan.data_dir, tiny=plan.tiny_data, workers=max(plan.workers, 1), version=plan.version)
     timed("data", t0)
 
-    runs, recipes = {}, {}
+    t = time.perf_counter()
+    recipes = {name: avdigits_recipe(method, plan.version) for name, method in OBJECTIVES.items()}
+    decoded = decode_training_split(recipes["XKD"], [f"data.manifest={manifest}"], out / "decoded", plan.workers,
+                                    progress=not quick)
+    timed("decode", t)
+
+    runs = {}
     for name, method in OBJECTIVES.items():
         t = time.perf_counter()
-        recipes[name] = avdigits_recipe(method, plan.version)
         runs[name] = out / method.replace("_", "-")
-        pretrain_or_reuse(_config(recipes[name], manifest, plan), runs[name], plan.steps)
+        pretrain_or_reuse(_config(recipes[name], manifest, plan, decoded), runs[name], plan.steps)
         timed(f"pretrain {name}", t)
     t = time.perf_counter()
     ceiling_run = out / "supervised"
-    supervised_or_reuse(_config(recipes["XKD"], manifest, plan, snapshots=False), ceiling_run, plan.steps,
+    supervised_or_reuse(_config(recipes["XKD"], manifest, plan, decoded, snapshots=False), ceiling_run, plan.steps,
                         progress=not quick)
     timed("pretrain supervised", t)
 
     # ---------------------------------------------------------------- the test table
     t = time.perf_counter()
-    base = _config(recipes["XKD"], manifest, plan)
+    base = _config(recipes["XKD"], manifest, plan, decoded)
     randoms = [f"random init (seed {baseline_seed(k)})" for k in RANDOM_SEEDS]
     models = {
         "XKD teacher": load(runs["XKD"], role="teacher"),
