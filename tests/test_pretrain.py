@@ -56,6 +56,18 @@ def test_run_folder_holds_everything(avdigits_tiny, tmp_path):
         pretrain(tiny_cfg(avdigits_tiny), out, max_steps=3, progress=False)
 
 
+def test_views_finished_on_the_device_train_like_the_loaders(avdigits_tiny, tmp_path):
+    """data.video_views_on=device: the loader sends uint8 crops and their draws, the step finishes them; the same
+    draws, so the losses differ only by the crops' uint8 rounding."""
+    runs = {on: tmp_path / on for on in ("loader", "device")}
+    for on, out in runs.items():
+        pretrain(tiny_cfg(avdigits_tiny, f"data.video_views_on={on}"), out, max_steps=2, progress=False)
+    loader, device = read_metrics(runs["loader"]), read_metrics(runs["device"])
+    for key in ("recon_video", "recon_audio", "kd", "da"):
+        assert device[key] == pytest.approx(loader[key], rel=2e-2), key
+    assert device["recon_video"] != loader["recon_video"]  # the rounding is there: the device path did run
+
+
 def test_steps_complete_the_schedule_and_max_steps_says_it_stopped_early(avdigits_tiny, tmp_path, capsys):
     """--steps 30: the last metrics row holds the final learning rate and EMA momentum; --max-steps stops early and
     the summary, the metrics and the weights file say so."""

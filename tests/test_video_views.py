@@ -212,9 +212,16 @@ def test_contrast_uses_each_frame_mean():
         assert torch.allclose(out[:, t], 0.5 * frame[:, 0] + 0.5 * mean, atol=1e-6)
 
 
-def test_hsv_round_trip():
+def test_hue_matches_colorsys_on_random_grey_and_tied_pixels():
     x = torch.rand(3, 2, 9, 9, generator=gen(5))
-    assert torch.allclose(vv.hsv_to_rgb(vv.rgb_to_hsv(x)), x, atol=1e-5)
+    x[:, 0, :3] = x[:1, 0, :3]  # grey: every channel equal
+    x[1, 1, :3] = x[0, 1, :3]  # red and green tie for the largest (or the smallest) channel
+    x[2, 1, 3:6] = x[1, 1, 3:6]  # green and blue tie
+    pixels = [tuple(p) for p in x.reshape(3, -1).T.tolist()]
+    for shift in (0.0, 0.3, -0.5):
+        got = vv.adjust_hue(x, shift).reshape(3, -1).T.tolist()
+        for g, e in zip(got, ref_hue(pixels, shift)):
+            assert g == pytest.approx(e, abs=1e-5)
 
 
 def test_color_jitter_matches_reference_in_the_drawn_order():
@@ -317,3 +324,43 @@ def test_svm_train_config_is_the_paper_recipe():
     cfg = vv.svm_train_video_config(112)
     assert cfg.crop_size == 112 and cfg.crop_scale == (0.08, 1.0) and cfg.p_flip == 0.5
     assert cfg.color_jitter == (0.4, 0.4, 0.4, 0.2) and cfg.p_color == 1.0 and cfg.p_gray == 0.2 and cfg.p_blur == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ deferred views
+
+
+LOCAL = VideoViewConfig(crop_size=16, crop_scale=(0.08, 0.4), p_gray=0.5, p_blur=0.5, blur_kernel=5)
+
+
+@pytest.mark.parametrize("cfg", [VideoViewConfig(crop_size=16), LOCAL])
+def test_a_deferred_view_finished_later_equals_the_whole_view(cfg):
+    clip, unit = random_clip(t=3, h=24, w=30), ((0.0,) * 3, (1.0,) * 3)  # no normalisation: errors in [0, 1] units
+    for seed in range(8):
+        whole = vv.VideoView(cfg, *unit)(clip, gen(seed))
+        crop, params = vv.VideoView(cfg, *unit, deferred=True)(clip, gen(seed))
+        assert crop.dtype == torch.uint8 and params.shape == (vv.FINISH_PARAMS,)
+        finished = vv.finish_views(vv.to_float(crop)[None], params[None], cfg.blur_kernel, *unit)[0]
+        # the only difference is the resized crop's rounding (0.5 / 255), grown by the jitter (up to x1.4 for each of
+        # brightness, contrast and saturation, and the hue's rotation): a few levels of 255 at most
+        assert (finished - whole).abs().max() <= 4 / 255
+
+
+def test_a_batch_of_views_finished_together_equals_each_finished_alone():
+    clip = random_clip(t=3, h=24, w=30)
+    view = vv.VideoView(LOCAL, IMAGENET_MEAN, IMAGENET_STD, deferred=True)
+    crops, params = zip(*(view(clip, gen(seed)) for seed in range(10)))
+    params = torch.stack(params)
+    assert len(set(map(tuple, params[:, :4].tolist()))) > 1  # the clips' jitter orders differ
+    assert 0 < int((params[:, 8] > 0).sum()) < 10 and 0 < int((params[:, 9] > 0).sum()) < 10
+    clips = vv.to_float(torch.stack(crops))
+    together = vv.finish_views(clips, params, LOCAL.blur_kernel, IMAGENET_MEAN, IMAGENET_STD)
+    for i in range(10):
+        alone = vv.finish_views(clips[i : i + 1], params[i : i + 1], LOCAL.blur_kernel, IMAGENET_MEAN, IMAGENET_STD)
+        assert torch.allclose(together[i], alone[0], atol=1e-5)
+
+
+def test_skipped_draws_leave_the_clip_unchanged():
+    clips = vv.to_float(random_clip(t=2, h=8, w=8).permute(3, 0, 1, 2))[None]
+    params = torch.full((1, vv.FINISH_PARAMS), float("nan"))
+    params[0, :4], params[0, 8:] = torch.arange(4), 0.0  # no jitter, no grayscale, no blur
+    assert torch.equal(vv.finish_views(clips, params, 5, (0.0,) * 3, (1.0,) * 3), clips)

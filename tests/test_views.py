@@ -168,3 +168,20 @@ def test_mild_training_view_is_the_test_view_jittered():
     flipping = EvalViews(mel, 8000, crop_size=24, short_side=28, train_view="mild", crop_scale=(1.0, 1.0), flip=True)
     flipped = [torch.allclose(flipping(clip, gen(k))["video"], test.flip(-1), atol=1e-5) for k in range(16)]
     assert 0 < sum(flipped) < 16
+
+
+def test_views_deferred_to_the_device_are_finished_there_like_the_loaders():
+    from xkd.data.dataset import collate_clips
+    from xkd.data.views import training_frames
+
+    loader_side, device_side = tiny_data_config(), tiny_data_config(video_views_on="device")
+    clip = random_clip(16, 32, 42, 16000)
+    items = {cfg.video_views_on: [PretrainViews(cfg, PowerMel(cfg.logmel))(clip, gen(s)) for s in range(4)]
+             for cfg in (loader_side, device_side)}
+    assert all(f.dtype == torch.uint8 for f in items["device"][0]["frames"])
+    for a, b in zip(items["loader"], items["device"]):  # the same draws: audio views equal
+        assert all(torch.equal(x, y) for x, y in zip(a["audio"], b["audio"]))
+    expected = training_frames(collate_clips(items["loader"]), loader_side, torch.device("cpu"))
+    got = training_frames(collate_clips(items["device"]), device_side, torch.device("cpu"))
+    for e, g in zip(expected, got):
+        assert e.shape == g.shape and (e - g).abs().max() < 0.05  # uint8 rounding after ImageNet normalisation

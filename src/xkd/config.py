@@ -79,6 +79,7 @@ class DataConfig:
         default_factory=lambda: VideoViewConfig(crop_size=96, crop_scale=(0.08, 0.4), p_gray=0.2, p_blur=0.5)
     )
     num_local_views: int = 1  # video local views (3 in MAS / MATS)
+    video_views_on: Literal["loader", "device"] = "loader"  # device: colour jitter, grayscale, blur, normalisation there
     temporal_ratio: int = 4  # a local video view holds num_frames / temporal_ratio frames
     logmel: LogMelConfig = field(default_factory=LogMelConfig)
     audio_global: AudioViewConfig = field(default_factory=AudioViewConfig)

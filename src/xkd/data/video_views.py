@@ -1,7 +1,9 @@
 """Video augmentation: functional ops on clips and the view transforms built from them (spec §A2, §A10).
 
 Every op acts on a float clip ``video: [C, T, H, W]`` with values in [0, 1] and treats all frames alike, so an
-augmented clip stays temporally consistent. The ops follow torchvision's tensor semantics (re-implemented here;
+augmented clip stays temporally consistent; the colour, blur and normalisation ops also take a batch of clips
+``[B, C, T, H, W]`` with one factor per clip (a tensor broadcast against it), which is how :func:`finish_views` applies
+a batch's views on the training device (``data.video_views_on: device``). The ops follow torchvision's tensor semantics (re-implemented here;
 torchvision is not a dependency). All randomness comes from a ``torch.Generator`` argument, so a view is
 reproducible from its seed.
 """
@@ -120,68 +122,62 @@ def hflip(video: Tensor) -> Tensor:
 # colour
 
 
+def _channels(video: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The R, G and B planes of ``[..., 3, T, H, W]``, each ``[..., 1, T, H, W]``."""
+    return video[..., 0:1, :, :, :], video[..., 1:2, :, :, :], video[..., 2:3, :, :, :]
+
+
 def rgb_to_grayscale(video: Tensor) -> Tensor:
-    """Luma of an RGB clip. video: [3, T, H, W] -> [1, T, H, W]."""
-    r, g, b = video.unbind(0)
-    return (LUMA_WEIGHTS[0] * r + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[2] * b).unsqueeze(0)
+    """Luma of RGB clips. video: [..., 3, T, H, W] -> [..., 1, T, H, W]."""
+    r, g, b = _channels(video)
+    return LUMA_WEIGHTS[0] * r + LUMA_WEIGHTS[1] * g + LUMA_WEIGHTS[2] * b
 
 
 def grayscale(video: Tensor) -> Tensor:
-    """Grey RGB clip: every channel holds the luma. video: [3, T, H, W] -> [3, T, H, W]."""
+    """Grey RGB clips: every channel holds the luma. video: [..., 3, T, H, W] -> the same shape."""
     return rgb_to_grayscale(video).expand_as(video).contiguous()
 
 
-def _blend(video: Tensor, other: Tensor, factor: float) -> Tensor:
+def _blend(video: Tensor, other: Tensor, factor: float | Tensor) -> Tensor:
     return (factor * video + (1.0 - factor) * other).clamp_(0.0, 1.0)
 
 
-def adjust_brightness(video: Tensor, factor: float) -> Tensor:
+def adjust_brightness(video: Tensor, factor: float | Tensor) -> Tensor:
     """Scale intensities by ``factor`` (0 = black, 1 = unchanged)."""
-    return _blend(video, torch.zeros_like(video), factor)
+    return (video * factor).clamp_(0.0, 1.0)
 
 
-def adjust_contrast(video: Tensor, factor: float) -> Tensor:
+def adjust_contrast(video: Tensor, factor: float | Tensor) -> Tensor:
     """Blend each frame with its mean luma (0 = flat grey frame, 1 = unchanged)."""
-    mean = rgb_to_grayscale(video).mean(dim=(-2, -1), keepdim=True)  # [1, T, 1, 1]: per frame, as torchvision
+    mean = rgb_to_grayscale(video).mean(dim=(-2, -1), keepdim=True)  # [..., 1, T, 1, 1]: per frame, as torchvision
     return _blend(video, mean, factor)
 
 
-def adjust_saturation(video: Tensor, factor: float) -> Tensor:
+def adjust_saturation(video: Tensor, factor: float | Tensor) -> Tensor:
     """Blend with the grayscale clip (0 = grey, 1 = unchanged)."""
     return _blend(video, rgb_to_grayscale(video), factor)
 
 
-def rgb_to_hsv(video: Tensor) -> Tensor:
-    """RGB [3, ...] in [0, 1] -> HSV [3, ...], all channels in [0, 1] (hue as a fraction of a turn)."""
-    r, g, b = video.unbind(0)
-    maxc, minc = video.max(dim=0).values, video.min(dim=0).values
-    flat = maxc == minc
-    chroma = maxc - minc
-    sat = chroma / torch.where(flat, torch.ones_like(maxc), maxc)
-    divisor = torch.where(flat, torch.ones_like(chroma), chroma)
-    rc, gc, bc = (maxc - r) / divisor, (maxc - g) / divisor, (maxc - b) / divisor
-    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.remainder(hue / 6.0, 1.0)
-    return torch.stack((hue, sat, maxc))
+def adjust_hue(video: Tensor, shift: float | Tensor) -> Tensor:
+    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]), as an HSV round trip. video: [..., 3, T, H, W] in [0, 1].
 
-
-def hsv_to_rgb(hsv: Tensor) -> Tensor:
-    """HSV [3, ...] -> RGB [3, ...] (inverse of :func:`rgb_to_hsv`).
-
-    Channel n in (r, g, b) = (5, 3, 1) is ``v - v s clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h) mod 6``: the
-    six-sector formula in one expression for all three channels.
+    Value (max) and chroma (max - min) do not change under a hue rotation, so the round trip needs only the hue in
+    sixths of a turn, ``h6`` (the sector offset 0 / 2 / 4 of the largest channel plus the difference of the other
+    two over the chroma). Channel n in (r, g, b) = (5, 3, 1) of the result is ``max - chroma clamp(min(k, 4 - k), 0,
+    1)`` with ``k = (n + h6 + 6 shift) mod 6``: the six-sector formula in one expression for all three channels.
+    Grey pixels (chroma 0) keep their value whatever their arbitrary hue.
     """
-    h, s, v = hsv.unbind(0)
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=hsv.dtype, device=hsv.device).view(3, *([1] * h.dim()))
-    k = (n + 6.0 * h).remainder_(6.0)
-    return v - v * s * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-
-
-def adjust_hue(video: Tensor, shift: float) -> Tensor:
-    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) in HSV space. video: [3, T, H, W]."""
-    hsv = rgb_to_hsv(video)
-    hsv[0] = torch.remainder(hsv[0] + shift, 1.0)
-    return hsv_to_rgb(hsv)
+    r, g, b = _channels(video)
+    maxc, minc = video.amax(dim=-4, keepdim=True), video.amin(dim=-4, keepdim=True)
+    chroma = maxc - minc
+    red_max, green_max = maxc == r, maxc == g
+    difference = torch.where(red_max, g - b, torch.where(green_max, b - r, r - g))
+    turn = 6.0 * shift
+    offset = torch.where(red_max, turn, torch.where(green_max, 2.0 + turn, 4.0 + turn))
+    h6 = difference.div_(torch.where(chroma > 0, chroma, torch.ones_like(chroma))).add_(offset)
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=video.dtype, device=video.device).view(3, 1, 1, 1)
+    k = (n + h6).remainder_(6.0)
+    return maxc - chroma * torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
 
 
 _JITTER_OPS = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
@@ -208,49 +204,116 @@ def color_jitter_params(
     return order, factors
 
 
-def apply_color_jitter(video: Tensor, order: Sequence[int], factors: Sequence[float | None]) -> Tensor:
-    """Apply brightness / contrast / saturation / hue (indices 0..3) in ``order``; None factors are skipped."""
-    for i in order:
-        if factors[i] is not None:
-            video = _JITTER_OPS[i](video, factors[i])
-    return video
+def _on_clips(clips: Tensor, chosen: Tensor, op) -> Tensor:
+    """``op`` applied to the clips of ``clips`` [B, ...] where ``chosen`` [B] holds, the others unchanged."""
+    if not bool(chosen.any()):
+        return clips
+    if bool(chosen.all()):
+        return op(clips)
+    out = clips.clone()
+    out[chosen] = op(clips[chosen])
+    return out
+
+
+def jitter_clips(clips: Tensor, order: Tensor, factors: Tensor) -> Tensor:
+    """Brightness / contrast / saturation / hue (indices 0..3) of each clip in its own order.
+
+    clips: [B, 3, T, H, W]; order: [B, 4] (a permutation of 0..3 per clip); factors: [B, 4] indexed like the ops,
+    NaN where an op is skipped.
+    """
+    for position in range(4):
+        for index, op in enumerate(_JITTER_OPS):
+            factor = factors[:, index]
+            chosen = (order[:, position] == index) & ~factor.isnan()
+            clips = _on_clips(clips, chosen, lambda x, f=factor[chosen]: op(x, f.view(-1, 1, 1, 1, 1)))
+    return clips
 
 
 def color_jitter(video: Tensor, strength: Sequence[float], generator: torch.Generator) -> Tensor:
     """torchvision ColorJitter with factors drawn once for the whole clip. video: [3, T, H, W]."""
     order, factors = color_jitter_params(strength, generator)
-    return apply_color_jitter(video, order, factors)
+    skipped = float("nan")
+    factors_ = torch.tensor([[skipped if f is None else f for f in factors]], dtype=video.dtype)
+    return jitter_clips(video[None], torch.tensor([order]), factors_.to(video.device))[0]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
 # blur and normalisation
 
 
-def gaussian_kernel1d(kernel_size: int, sigma: float) -> Tensor:
-    """Normalised 1-D Gaussian taps centred on the middle tap: [kernel_size]."""
-    x = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
-    pdf = torch.exp(-0.5 * (x / sigma) ** 2)
-    return pdf / pdf.sum()
+def gaussian_kernel1d(kernel_size: int, sigma: float | Tensor) -> Tensor:
+    """Normalised 1-D Gaussian taps centred on the middle tap: [kernel_size], or [B, kernel_size] for sigma [B]."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float32)
+    x = torch.arange(kernel_size, dtype=torch.float32, device=sigma.device) - (kernel_size - 1) / 2
+    pdf = torch.exp(-0.5 * (x / sigma.unsqueeze(-1)) ** 2)
+    return pdf / pdf.sum(dim=-1, keepdim=True)
 
 
-def gaussian_blur(video: Tensor, kernel_size: int, sigma: float) -> Tensor:
-    """Separable Gaussian blur of every frame with reflect padding. video: [C, T, H, W], kernel_size odd."""
+def gaussian_blur(video: Tensor, kernel_size: int, sigma: float | Tensor) -> Tensor:
+    """Separable Gaussian blur of every frame with reflect padding, kernel_size odd. video: [C, T, H, W] with one
+    sigma, or [B, C, T, H, W] with sigma [B] (one per clip)."""
     if kernel_size % 2 != 1:
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
-    c, t, h, w = video.shape
-    kernel = gaussian_kernel1d(kernel_size, sigma).to(video)
+    *lead, h, w = video.shape
+    planes = math.prod(lead)
+    per_clip = planes // torch.as_tensor(sigma).numel()  # frames of one clip (C T)
+    kernel = gaussian_kernel1d(kernel_size, torch.as_tensor(sigma, device=video.device)).to(video)
+    kernel = kernel.reshape(-1, kernel_size).repeat_interleave(per_clip, dim=0)  # [planes, k]: each plane its clip's
     pad = kernel_size // 2
-    x = F.pad(video.reshape(c * t, 1, h, w), (pad, pad, pad, pad), mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, kernel_size, 1))
-    x = F.conv2d(x, kernel.view(1, 1, 1, kernel_size))
-    return x.view(c, t, h, w)
+    x = F.pad(video.reshape(1, planes, h, w), (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, kernel.view(planes, 1, kernel_size, 1), groups=planes)
+    x = F.conv2d(x, kernel.view(planes, 1, 1, kernel_size), groups=planes)
+    return x.view(video.shape)
 
 
 def normalize(video: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """(video - mean) / std per channel. video: [C, T, H, W]."""
-    m = torch.as_tensor(mean, dtype=video.dtype).view(-1, 1, 1, 1)
-    s = torch.as_tensor(std, dtype=video.dtype).view(-1, 1, 1, 1)
+    """(video - mean) / std per channel. video: [..., C, T, H, W]."""
+    m = torch.as_tensor(mean, dtype=video.dtype, device=video.device).view(-1, 1, 1, 1)
+    s = torch.as_tensor(std, dtype=video.dtype, device=video.device).view(-1, 1, 1, 1)
     return (video - m) / s
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the draws after the crop, and their application to a batch
+
+FINISH_PARAMS = 10  # per view: jitter order (4), jitter factors (4, NaN = skipped), grayscale (1 / 0), blur sigma
+
+
+def _coin(p: float, generator: torch.Generator) -> bool:
+    return torch.rand((), generator=generator).item() < p
+
+
+def draw_finish(cfg: VideoViewConfig, generator: torch.Generator) -> Tensor:
+    """The random draws of a view after its crop and flip -> [FINISH_PARAMS]: the jitter's order and factors (all
+    NaN when the colour coin fails), grayscale 1 or 0, the blur's sigma (0 = no blur)."""
+    params = torch.full((FINISH_PARAMS,), float("nan"))
+    params[:4] = torch.arange(4)
+    if _coin(cfg.p_color, generator):
+        order, factors = color_jitter_params(cfg.color_jitter, generator)
+        params[:4] = torch.tensor(order)
+        params[4:8] = torch.tensor([float("nan") if f is None else f for f in factors])
+    params[8] = float(_coin(cfg.p_gray, generator))
+    params[9] = _uniform(*cfg.blur_sigma, generator) if _coin(cfg.p_blur, generator) else 0.0
+    return params
+
+
+def finish_views(clips: Tensor, params: Tensor, blur_kernel: int, mean: Sequence[float],
+                 std: Sequence[float]) -> Tensor:
+    """Colour jitter -> grayscale -> blur -> normalise, each clip with its own draws, on the clips' device.
+
+    clips: [B, 3, T, S, S] float in [0, 1] (cropped, resized, flipped); params: [B, FINISH_PARAMS] from
+    :func:`draw_finish`. Returns [B, 3, T, S, S]."""
+    params = params.to(clips.device)
+    clips = jitter_clips(clips, params[:, :4].long(), params[:, 4:8])
+    clips = _on_clips(clips, params[:, 8] > 0, grayscale)
+    blurred = params[:, 9] > 0
+    clips = _on_clips(clips, blurred, lambda x: gaussian_blur(x, blur_kernel, params[blurred, 9]))
+    return normalize(clips, mean, std)
+
+
+def to_uint8(video: Tensor) -> Tensor:
+    """float [0, 1] -> uint8 [0, 255], rounded (the inverse of :func:`to_float` up to 0.5 / 255)."""
+    return video.mul(255.0).round_().clamp_(0.0, 255.0).to(torch.uint8)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -275,32 +338,28 @@ class VideoView:
 
     ``view(video, generator)``: video uint8 [T, H, W, 3] -> float [3, T, S, S], S = cfg.crop_size. One coin is
     drawn per op on every call (also when its probability is 0 or 1), so changing a probability never shifts the
-    other random draws of the same seed.
+    other random draws of the same seed. ``deferred``: the view stops after the flip and returns ``(uint8 [3, T, S,
+    S], params [FINISH_PARAMS])``, the same draws; :func:`finish_views` applies the rest to a batch of them later
+    (on the training device), which equals the whole view up to the uint8 rounding of the resized crop.
     """
 
-    def __init__(self, cfg: VideoViewConfig, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, cfg: VideoViewConfig, mean: Sequence[float], std: Sequence[float], deferred: bool = False):
         self.cfg = cfg
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.deferred = deferred
 
-    def __call__(self, video: Tensor, generator: torch.Generator) -> Tensor:
+    def __call__(self, video: Tensor, generator: torch.Generator) -> Tensor | tuple[Tensor, Tensor]:
         cfg = self.cfg
         _, height, width, _ = video.shape
         box = random_resized_crop_params(height, width, cfg.crop_scale, cfg.crop_ratio, generator)
         x = resize(to_float(crop(video.permute(3, 0, 1, 2), *box)), (cfg.crop_size, cfg.crop_size))
-        if self._coin(cfg.p_flip, generator):
+        if _coin(cfg.p_flip, generator):
             x = hflip(x)
-        if self._coin(cfg.p_color, generator):
-            x = color_jitter(x, cfg.color_jitter, generator)
-        if self._coin(cfg.p_gray, generator):
-            x = grayscale(x)
-        if self._coin(cfg.p_blur, generator):
-            x = gaussian_blur(x, cfg.blur_kernel, _uniform(*cfg.blur_sigma, generator))
-        return normalize(x, self.mean, self.std)
-
-    @staticmethod
-    def _coin(p: float, generator: torch.Generator) -> bool:
-        return torch.rand((), generator=generator).item() < p
+        params = draw_finish(cfg, generator)
+        if self.deferred:
+            return to_uint8(x), params
+        return finish_views(x[None], params[None], cfg.blur_kernel, self.mean, self.std)[0]
 
 
 class MildVideoView:

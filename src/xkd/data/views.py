@@ -17,7 +17,8 @@ from xkd.data.audio_views import AudioView, EvalAudioView, LogMel, svm_train_aud
 from xkd.data import logmel as mel_front_end
 from xkd.data.dataset import ClipDataset
 from xkd.data.manifest import read_manifest
-from xkd.data.video_views import EvalVideoView, MildVideoView, VideoView, svm_train_video_config
+from xkd.data.video_views import (EvalVideoView, MildVideoView, VideoView, finish_views, svm_train_video_config,
+                                  to_float)
 
 TRAIN_VIEWS = ("mild", "strong")  # the classifier's training views: EvalViews(train_view=...)
 
@@ -31,6 +32,8 @@ class PretrainViews:
       ``T // temporal_ratio`` contiguous frames of the clip (not of the global view); ``data.num_local_views`` of them;
     - audio[0]: [1, F, T_a], the whole window (``data.audio_global``);
     - audio[1]: [1, F, t_a], a short segment (``data.audio_local``).
+    With ``data.video_views_on: device`` the frames are uint8 crops and ``frame_params`` holds each one's remaining
+    draws (:class:`~xkd.data.video_views.VideoView` ``deferred``; :func:`training_frames` finishes them).
     ``logmel``: the log-mel front end (default: the one ``data.logmel`` describes).
     """
 
@@ -38,8 +41,9 @@ class PretrainViews:
         logmel = logmel if logmel is not None else mel_front_end.LogMel(data.logmel)
         self.temporal_ratio = data.temporal_ratio
         self.num_local_views = data.num_local_views
-        self.video_global = VideoView(data.video_global, data.video_mean, data.video_std)
-        self.video_local = VideoView(data.video_local, data.video_mean, data.video_std)
+        self.deferred = data.video_views_on == "device"
+        self.video_global = VideoView(data.video_global, data.video_mean, data.video_std, deferred=self.deferred)
+        self.video_local = VideoView(data.video_local, data.video_mean, data.video_std, deferred=self.deferred)
         sample_rate = data.logmel.sample_rate
         self.audio_global = AudioView(data.audio_global, logmel, sample_rate)
         self.audio_local = AudioView(data.audio_local, logmel, sample_rate)
@@ -55,7 +59,21 @@ class PretrainViews:
             start = int(torch.randint(0, num_frames - local_len + 1, (), generator=generator).item())
             frames.append(self.video_local(video[start : start + local_len], generator))
         audio = [self.audio_global(clip.audio, generator), self.audio_local(clip.audio, generator)]
+        if self.deferred:
+            return {"frames": [f for f, _ in frames], "frame_params": [p for _, p in frames], "audio": audio}
         return {"frames": frames, "audio": audio}
+
+
+def training_frames(batch: dict[str, Any], data: DataConfig, device: torch.device) -> list[Tensor]:
+    """A pretraining batch's video views on ``device``: [global [B, 3, T, S, S], local [B, 3, t, s, s], ...], as the
+    loader made them, or, when it deferred them (``data.video_views_on: device``: uint8 crops and their draws in
+    ``batch["frame_params"]``), finished there in one batched pass per view."""
+    frames = [v.to(device, non_blocking=True) for v in batch["frames"]]
+    if "frame_params" not in batch:
+        return frames
+    configs = [data.video_global] + [data.video_local] * (len(frames) - 1)
+    return [finish_views(to_float(v), p, c.blur_kernel, data.video_mean, data.video_std)
+            for v, p, c in zip(frames, batch["frame_params"], configs)]
 
 
 class EvalViews:

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from xkd.config import PretrainConfig, dump_config, load_config, to_dict
 from xkd.data.dataset import BadMediaReport
 from xkd.data.pretrain_batches import PretrainBatches
+from xkd.data.views import training_frames
 from xkd.data.workers import threads_beside_workers
 from xkd.engine import checkpoint as ckpt
 from xkd.engine.cluster_probe import ClusterProbe
@@ -190,7 +191,7 @@ class Trainer:
     def _forward_backward(self, batch: dict, step: int, micro: int) -> dict:
         cfg, device = self.cfg, self.dist.device
         accum = cfg.optim.accum_steps
-        frames = [v.to(device, non_blocking=True) for v in batch["frames"]]
+        frames = training_frames(batch, cfg.data, device)
         audio = [a.to(device, non_blocking=True) for a in batch["audio"]]
         noise = mask_noise(cfg, self.model, step * accum + micro, frames[0].shape[0], self.dist)
         last = micro == accum - 1

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from xkd.config import PretrainConfig
 from xkd.config_io import from_dict, to_dict
 from xkd.data.dataset import collate_clips
-from xkd.data.views import pretrain_dataset
+from xkd.data.views import pretrain_dataset, training_frames
 from xkd.data.workers import init_worker, threads_beside_workers
 from xkd.engine.optim import apply_schedules, build_optimizer, param_groups
 from xkd.engine.pretrain import config_changes
@@ -64,7 +64,7 @@ def train(
                 break
             apply_schedules(optimizer, float(lrs[step]), cfg.optim.weight_decay)
             target = labels[batch["index"]]
-            inputs = {"video": batch["frames"][0], "audio": batch["audio"][0]}
+            inputs = {"video": training_frames(batch, cfg.data, torch.device("cpu"))[0], "audio": batch["audio"][0]}
             losses = {}
             for m, enc in encoders.items():
                 out = enc(inputs[m], mask_ratio=ratios.get(m, 0.0), generator=generator)
