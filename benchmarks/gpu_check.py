@@ -13,7 +13,10 @@ Checks, each independent of the others (one failing is reported and the rest sti
 4. ``host-syncs``: device-to-host synchronisations in one training step (``torch.cuda.set_sync_debug_mode``);
    the step reads its loss terms in one copy, so one per micro-batch is expected;
 5. ``extract-cuda``: features of the same clips through the evaluation extractor on cuda and on the CPU (real media
-   written with PyAV when it is installed; the API's tensor path otherwise), and their largest difference.
+   written with PyAV when it is installed; the API's tensor path otherwise), and their largest difference;
+6. ``views-on-device``: the ViT-B recipe's video views of ``--views-batch`` clips left to the device
+   (``data.video_views_on: device``): ms to finish them there (colour jitter, grayscale, blur, normalisation), against
+   ``step-vitb-bf16``'s ms/step, and their largest difference from the same finish on the CPU.
 """
 
 from __future__ import annotations
@@ -125,12 +128,42 @@ def extraction() -> dict:
     return {"path": path, "features": shape, "max_abs_diff_cuda_vs_cpu": diff, "ok": diff < 1e-3}
 
 
+def views_on_device(batch: int, repeats: int = 5) -> dict:
+    from xkd.data.video_views import VideoView, finish_views, to_float
+
+    data = load_config(PretrainConfig, VITB_RECIPE, []).data
+    generator = torch.Generator().manual_seed(0)
+    video = torch.randint(0, 256, (32, 112, 149, 3), dtype=torch.uint8, generator=generator)  # one 4 s window
+    views = []
+    for cfg, frames in ((data.video_global, video), (data.video_local, video[:8])):
+        view = VideoView(cfg, data.video_mean, data.video_std, deferred=True)
+        crops, params = zip(*(view(frames, generator) for _ in range(batch)))
+        views.append((torch.stack(crops), torch.stack(params), cfg.blur_kernel))
+
+    def finish(device: str) -> list[torch.Tensor]:
+        out = [finish_views(to_float(c.to(device)), p, k, data.video_mean, data.video_std) for c, p, k in views]
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    on_cpu, on_device = finish("cpu"), finish(DEVICE)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        finish(DEVICE)
+        times.append((time.perf_counter() - t0) * 1e3)
+    diff = max(float((d.cpu() - c).abs().max()) for d, c in zip(on_device, on_cpu))
+    return {"batch": batch, "ms_per_batch": round(float(np.median(times)), 2), "max_abs_diff_vs_cpu": diff,
+            "ok": diff < 1e-3}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--out", help="also write the summary here (JSON)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per step benchmark")
     parser.add_argument("--vitb-batch", type=int, default=32, help="clips per step of the ViT-B recipe")
     parser.add_argument("--fp16-steps", type=int, default=30, help="steps of the fp16 + GradScaler check")
+    parser.add_argument("--views-batch", type=int, default=32, help="clips whose video views are finished on the device")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="cpu: run the checks on the CPU (to test this script where no GPU is at hand)")
     parser.add_argument("--only", nargs="+", metavar="CHECK", help="run only these checks (names as in the summary)")
@@ -149,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         "step-fp16-scaler": lambda: fp16_scaler(args.fp16_steps),
         "host-syncs": host_syncs,
         "extract-cuda": extraction,
+        "views-on-device": lambda: views_on_device(args.views_batch),
     }
     unknown = set(args.only or []) - checks.keys()
     if unknown:

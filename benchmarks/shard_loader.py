@@ -21,7 +21,8 @@ Read paths (--paths), each the pretraining loader (:class:`xkd.data.pretrain_bat
 Every clip is decoded, resized and turned into the recipe's views. After --warmup batches per worker, --batches
 batches are timed; the paths alternate --repeats times and the median is reported. Files and shards are read from
 the page cache, so the numbers are decoding and views, not storage. ``--decode-threads 1 0`` measures each path with
-one FFmpeg decoder thread and with FFmpeg's choice. Prints one JSON object and a table.
+one FFmpeg decoder thread and with FFmpeg's choice; ``--views-on loader device`` with the video views finished in the
+loader and left to the training step (``data.video_views_on``). Prints one JSON object and a table.
 """
 
 from __future__ import annotations
@@ -99,9 +100,10 @@ def path_configs(cfg: PretrainConfig, paths: list[str], manifest: Manifest, fold
     return configs, seconds
 
 
-def replace_threads(cfg: PretrainConfig, threads: int) -> PretrainConfig:
+def replace_data(cfg: PretrainConfig, **values) -> PretrainConfig:
     cfg = copy.deepcopy(cfg)
-    cfg.data.decode_threads = threads
+    for key, value in values.items():
+        setattr(cfg.data, key, value)
     return cfg
 
 
@@ -122,6 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="DataLoader worker counts")
     parser.add_argument("--decode-threads", nargs="+", type=int, default=[1],
                         help="data.decode_threads values; more than one measures each path with each (path/tN)")
+    parser.add_argument("--views-on", nargs="+", choices=("loader", "device"), default=["loader"],
+                        help="data.video_views_on values; more than one measures each path with each (path/loader, "
+                             "path/device). With device the loader leaves the video views' colour jitter, grayscale, "
+                             "blur and normalisation to the training step, which is not timed here")
     parser.add_argument("--batches", type=int, default=10, help="timed batches per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed batches per worker first")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of the paths per worker count")
@@ -142,7 +148,11 @@ def main(argv: list[str] | None = None) -> dict:
             manifest = source_manifest(cfg, source, args.rows, Path(args.media_dir))
             configs, built = path_configs(cfg, args.paths, manifest, folder, args)
             if len(args.decode_threads) > 1:  # each path once per thread count, named path/tN
-                configs = {f"{p}/t{n}": replace_threads(c, n) for p, c in configs.items() for n in args.decode_threads}
+                configs = {f"{p}/t{n}": replace_data(c, decode_threads=n) for p, c in configs.items()
+                           for n in args.decode_threads}
+            if len(args.views_on) > 1:  # each path once per place of the views' finish, named path/loader, path/device
+                configs = {f"{p}/{on}": replace_data(c, video_views_on=on) for p, c in configs.items()
+                           for on in args.views_on}
             names = list(configs)
             for workers in args.workers:
                 runs: dict[str, list[float]] = {p: [] for p in names}
