@@ -22,6 +22,7 @@ from xkd.data.pretrain_batches import PretrainBatches
 from xkd.data.shard_reader import ShardSet
 from xkd.datasets.reencode import Reencoding, output_shape, reencode
 from xkd.datasets.shards import shard_manifest
+from xkd.engine.logger import read_metrics
 
 SOURCE_FPS = 25.0
 
@@ -159,3 +160,19 @@ def test_a_loader_with_clips_per_decode_resumes_at_the_exact_micro_batch(reencod
     assert len(straight) == 6 and len(resumed) == 2
     for a, b in zip(straight[4:], resumed):
         same_batch(a, b)
+
+
+def test_reencoded_shards_train_under_torchrun_with_ddp_and_fsdp_and_extract(reencoded, tmp_path):
+    """The path a large run takes: re-encoded shards, 2 clips per decode, the views finished in the step, 2 ranks."""
+    from test_fsdp import ok, torchrun
+
+    for strategy in ("ddp", "fsdp"):
+        ok(torchrun(reencoded, tmp_path / strategy, f"run.strategy={strategy}", "data.resize_short=32",
+                    "data.clips_per_decode=2", "data.video_views_on=device", steps=2))
+        assert read_metrics(tmp_path / strategy)["step"] == [1, 2]
+    out = tmp_path / "features.npz"
+    assert main(["extract", "--weights", str(tmp_path / "fsdp"), "--input", str(reencoded), "--out", str(out),
+                 "--workers", "0", "--no-progress"]) == 0
+    with np.load(out) as features:
+        assert features["video_video"].shape[0] == ShardSet(reencoded).samples
+        assert np.isfinite(features["audio_video"]).all()
