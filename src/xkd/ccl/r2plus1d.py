@@ -130,6 +130,8 @@ class R2Plus1D(nn.Module):
     def features(self, video: Tensor) -> Tensor:
         """video: [B, 3, T, H, W] in [0, 1] -> x_v: [B, D] (global average pool of the last stage)."""
         x = (video - self.mean) / self.std
+        if x.device.type == "cpu":  # oneDNN's 3-D convolutions run about 25% faster channels-last (docs/BENCHMARKS.md)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         x = self.stages(self.stem(x))
         return self.pool(x).flatten(1)
 
