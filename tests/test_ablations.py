@@ -9,7 +9,7 @@ from xkd.cli import main
 def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tmp_path, capsys):
     out = tmp_path / "ablations"
     args = ["ablations", "--out", str(out), "--data", str(avdigits_tiny.parent), "--steps", "1", "--seeds", "0", "1",
-            "--workers", "0", "--train-clips", "1", "--no-progress", "--set", "data.batch_size=4"]
+            "--workers", "0", "--train-clips", "1", "--no-progress", "--set", "data.batch_size=4", "--curve-points", "0"]
     assert main(args) == 0
     text = (out / "table.md").read_text()
     assert f"table: {out / 'table.md'}" in capsys.readouterr().out
@@ -52,6 +52,24 @@ def test_every_variant_trains_evaluates_and_lands_in_the_table(avdigits_tiny, tm
     assert json.loads((out / "results.json").read_text())["split"] == "val"
     assert "val split" in (out / "table.md").read_text()
     assert json.loads((out / "eval_seed0.json").read_text())["split"] == "val"
+
+
+def test_learning_curves_score_the_kept_weights_beside_random_init_and_the_ceiling(avdigits_tiny, tmp_path):
+    out = tmp_path / "ablations"
+    args = ["ablations", "--out", str(out), "--data", str(avdigits_tiny.parent), "--steps", "4", "--seeds", "0", "1",
+            "--variants", "ae", "xkd", "supervised", "--curve-points", "2", "--workers", "0", "--no-progress",
+            "--set", "data.batch_size=4"]
+    assert main(args) == 0
+    curves = json.loads((out / "curves.json").read_text())
+    assert set(curves["curves"]) == {"ae", "xkd"} and curves["tasks"] == ["video digit", "audio digit"]
+    for per_task in curves["curves"].values():  # the weights of step 2 and the final ones, seed 0's runs
+        assert [[step for step, _ in points] for points in per_task.values()] == [[2, 4], [2, 4]]
+    assert set(curves["references"]) == {"random init (2 seeds)", "supervised ceiling (2 seeds)"}
+    assert (out / "learning_curve.png").stat().st_size > 0
+    assert "![learning curves](learning_curve.png)" in (out / "table.md").read_text()
+    before = json.loads((out / "timings.json").read_text())
+    assert main(args) == 0  # reused: nothing is scored again
+    assert json.loads((out / "timings.json").read_text()) == before
 
 
 def test_table_reports_mean_and_sample_std_over_seeds():

@@ -115,7 +115,7 @@ def test_a_finished_run_is_reused_only_for_the_same_config(avdigits_tiny, tmp_pa
     # loader workers, a decoded cache (its clips equal decoding), threads and logging change how a run is carried
     # out, not what it computes: reused
     same = tiny_cfg(avdigits_tiny, "data.num_workers=1", f"data.decoded_cache={tmp_path / 'decoded'}", "run.threads=1",
-                    "run.log_every=2")
+                    "run.log_every=2", "run.snapshot_every=1")
     assert pretrain_or_reuse(same, out, steps=2, progress=False).stat().st_mtime_ns == trained
     with pytest.raises(FileExistsError, match=r"another config \(loss.kd_coeff, optim.lr differ\)"):
         pretrain_or_reuse(tiny_cfg(avdigits_tiny, "loss.kd_coeff=2", "optim.lr=1e-3"), out, steps=2, progress=False)

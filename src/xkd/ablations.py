@@ -8,7 +8,10 @@ all models of a seed (teachers and students of the variants that have teachers) 
 its own seed (:func:`xkd.api.baseline_seed`) are evaluated together with the ridge classifier on standardised features
 (docs/EVALUATION.md) on the four AV-Digits tasks (each clip decoded once) into ``<out>/eval_seed<k>.json``.
 ``<out>/table.md`` and ``<out>/results.json`` hold the top-1 per task as mean ± sample std over seeds and the penalty
-the classifier chose; ``<out>/timings.json`` the wall time of every piece of work.
+the classifier chose; ``<out>/timings.json`` the wall time of every piece of work. With ``curve_points`` N > 1 every
+run keeps its weights N times along its schedule, and those of the first seed's runs are scored on the val split
+(the demo's curve tasks and classifiers) into ``<out>/learning_curve.png`` and ``<out>/curves.json``, beside the
+random-init encoders and the supervised ceiling of every seed.
 """
 
 from __future__ import annotations
@@ -155,6 +158,44 @@ def fraction_table(fractions: dict[str, dict[str, tuple[float, float]]]) -> str:
     return "\n".join(lines)
 
 
+def learning_curves(out: Path, chosen: list[Variant], per_seed: dict[int, dict[str, dict]], seeds: tuple[int, ...],
+                    steps: int, curve_points: int, data_dir: Path, base, opts) -> tuple[Path, bool]:
+    """Score the weights the first seed's runs kept (teachers where a variant has them) on the val split and plot
+    them beside the random-init encoders and the supervised ceilings of every seed (mean ± std); the scores are kept
+    in ``<out>/curves.json`` and reused while the grid is the same. Returns the PNG's path and whether it scored."""
+    from xkd.api import baseline_seed, load, random_encoders
+    from xkd.demo import CURVE_TASKS, CURVE_TRAIN_PER_DIGIT
+    from xkd.eval.curves import plot_curves, score_curves
+    from xkd.eval.tasks import tasks_for, with_fewer_training_videos
+
+    seed = seeds[0]
+    key = {"steps": steps, "curve_points": curve_points, "seed": seed, "seeds": list(seeds),
+           "variants": [v.name for v in chosen], "protocol": PROTOCOL}
+    saved_path = out / "curves.json"
+    saved = json.loads(saved_path.read_text()) if saved_path.is_file() else {}
+    scored = saved.get("key") != key
+    if scored:
+        tasks = with_fewer_training_videos(
+            [t for t in tasks_for(f"av-digits:{data_dir}", split="val") if t.name in CURVE_TASKS], CURVE_TRAIN_PER_DIGIT)
+        runs = {v.name: (out / v.name / f"seed{seed}", "teacher" if f"{v.name}/teacher" in per_seed[seed] else "student")
+                for v in chosen if not v.supervised}
+        randoms = {f"random init (seed {baseline_seed(s)})": random_encoders(base, baseline_seed(s)) for s in seeds}
+        ceilings = {f"supervised (seed {s})": load(out / v.name / f"seed{s}") for v in chosen if v.supervised
+                    for s in seeds}
+        curves, scored = score_curves(runs, tasks, opts, references={**randoms, **ceilings})
+        references = {}
+        for label, names in ((f"random init ({len(seeds)} seeds)", randoms), (f"supervised ceiling ({len(seeds)} "
+                                                                              "seeds)", ceilings)):
+            if names:
+                references[label] = {t.name: _mean_std([scored[n][t.name]["summary"]["top1"]["mean"] for n in names])
+                                     for t in tasks}
+        saved = {"key": key, "tasks": [t.name for t in tasks], "curves": curves, "references": references}
+        saved_path.write_text(json.dumps(saved, indent=2))
+    png = plot_curves(saved["curves"], saved["references"], saved["tasks"], out / "learning_curve.png",
+                      f"AV-Digits val split: ridge top-1 of the weights kept along each {steps}-step run (seed {seed})")
+    return png, scored
+
+
 def run_ablations(
     out: str | Path = "runs/ablations",
     data_dir: str | Path | None = None,
@@ -167,10 +208,12 @@ def run_ablations(
     overrides: list[str] | None = None,
     split: str = "test",
     progress: bool = True,
+    curve_points: int = 5,
 ) -> Path:
     """Run the grid into ``out`` and return the path of ``table.md``; ``overrides`` (``key=value``) apply to every
     run, before each variant's own; ``split`` is the split scored ("test", or "val" to choose a recipe). AV-Digits
-    ``version``: the build's in ``data_dir`` when there is one, else 3; ``data_dir`` defaults to its folder."""
+    ``version``: the build's in ``data_dir`` when there is one, else 3; ``data_dir`` defaults to its folder.
+    ``curve_points``: weights kept along each run for the learning curves (0 or 1: no curves)."""
     from xkd.api import baseline_seed, random_encoders
     from xkd.datasets.avdigits import choose_version, default_dir, prepare_avdigits
     from xkd.demo import avdigits_recipe, cpu_recipe, decode_training_split
@@ -197,8 +240,10 @@ def run_ablations(
                                     out / "decoded", workers, progress)
     per_seed: dict[int, dict[str, dict]] = {}
     for seed in seeds:
+        snapshot_every = steps // curve_points if curve_points > 1 else 0
         common = [f"data.manifest={manifest}", "data.num_workers=0", f"data.decoded_cache={decoded}",
-                  f"run.seed={seed}", f"run.log_every={max(1, min(10, steps // 10))}", *(overrides or [])]
+                  f"run.seed={seed}", f"run.log_every={max(1, min(10, steps // 10))}",
+                  f"run.snapshot_every={snapshot_every}", *(overrides or [])]
         seed_file = out / f"eval_seed{seed}.json"
         done = json.loads(seed_file.read_text()) if seed_file.is_file() else {}
         key = (steps, train_clips, PROTOCOL, split)
@@ -233,6 +278,15 @@ def run_ablations(
     fractions = ceiling_fractions(per_seed, chosen, task_names)
     if fractions:
         text += "\n\n" + fraction_table(fractions)
+    if curve_points > 1:
+        t0 = time.perf_counter()
+        base = cpu_recipe(avdigits_recipe("xkd", version), [f"data.manifest={manifest}", *(overrides or [])])
+        opts = EvalOptions(train_clips=1, test_clips=1, num_workers=workers, seed=seeds[0], progress=progress)
+        png, scored = learning_curves(out, chosen, per_seed, tuple(seeds), steps, curve_points, data_dir, base, opts)
+        if scored:
+            timings["learning curves"] = round(time.perf_counter() - t0, 1)
+            timings_path.write_text(json.dumps(timings, indent=2))
+        text += f"\n\n![learning curves]({png.name})"
     summary = {
         "steps": steps,
         "split": split,

@@ -115,7 +115,7 @@ def _cmd_ablations(args) -> int:
     path = run_ablations(args.out, data_dir=args.data, version=args.version, steps=args.steps,
                          seeds=tuple(args.seeds), variants=args.variants, workers=args.workers,
                          train_clips=args.train_clips, overrides=args.set, split=args.split,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, curve_points=args.curve_points)
     print(path.read_text())
     print(f"table: {path}")
     return 0
@@ -133,7 +133,9 @@ def _ablations_parser(sub) -> None:
         "encoder (its own seed) with the ridge classifier on the four AV-Digits tasks, and write <out>/table.md (top-1,\n"
         "mean ± sample std over seeds, and the alpha chosen), results.json and timings.json. Finished runs of\n"
         "the same config and evaluations are reused (a finished run of another config is an error); interrupted\n"
-        "runs resume.\n\nvariants:\n"
+        "runs resume. Learning curves: each run keeps its weights --curve-points times, and the first seed's are\n"
+        "scored on the val split beside random init and the supervised ceiling (<out>/learning_curve.png).\n\n"
+        "variants:\n"
         + "\n".join(f"  {v.name:<12} {v.label}" for v in VARIANTS),
     )
     p.add_argument("--out", default="runs/ablations", help="output folder")
@@ -155,6 +157,8 @@ def _ablations_parser(sub) -> None:
                    help="override a config key in every run (repeatable)")
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="the split scored: test, or val (carved from train; for choosing a recipe)")
+    p.add_argument("--curve-points", type=int, default=5,
+                   help="weights kept along each run and scored for the learning curves (0: no curves)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     p.set_defaults(func=_cmd_ablations)
 

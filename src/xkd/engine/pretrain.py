@@ -269,7 +269,7 @@ def pretrain(
 
 # keys a reused run may differ in
 _HOW_NOT_WHAT = ("data.num_workers", "data.decoded_cache", "run.threads", "run.log_every", "run.checkpoint_every",
-                 "run.probe_every", "run.probe_clips")
+                 "run.snapshot_every", "run.probe_every", "run.probe_clips")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
