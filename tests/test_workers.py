@@ -11,10 +11,11 @@ import torch
 from xkd.data import workers
 from xkd.host_memory import worker_heap
 
-# Frees a 4 MiB block (glibc then raises its mmap threshold past 512 KiB), then holds 100 blocks of 512 KiB each
-# followed by a small (8 KiB) long-lived allocation that stops the heap from shrinking, frees the large ones (a worker
-# then releases them, as collate_clips does after a batch), and prints how much of their memory the process still
-# holds.
+# Frees a 4 MiB block (glibc then raises its mmap threshold past 512 KiB), fills the heap's free holes with small
+# blocks (else the small ones below can land in holes left by imports, and the large ones merge into a trimmable top),
+# then holds 100 blocks of 512 KiB each followed by a small (8 KiB) long-lived allocation that stops the heap from
+# shrinking, frees the large ones (a worker then releases them, as collate_clips does after a batch), and prints how
+# much of their memory the process still holds.
 FRAGMENT = """
 import ctypes, ctypes.util, re, sys
 from xkd.host_memory import keep_freed_host_memory, release_freed_host_memory, worker_heap
@@ -32,6 +33,7 @@ if sys.argv[1] in ("trainer", "worker of a trainer"):
 if sys.argv[1] in ("worker", "worker of a trainer"):
     assert worker_heap()
 libc.free(touched(4 << 20))
+holes = [touched(8 << 10) for _ in range(2000)]  # fill the free holes imports left, so each small block lands last
 before = rss_mb()
 big, small = [], []
 for _ in range(100):
