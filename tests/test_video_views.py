@@ -134,9 +134,16 @@ def test_grayscale_uses_luma_weights_and_equal_channels():
     assert torch.allclose(gray[0].flatten(), expected, atol=1e-6)
 
 
+def color_jitter(video, strength, generator):
+    """One clip [3, T, H, W] jittered as a view does: factors drawn once, applied in their drawn order."""
+    order, factors = vv.color_jitter_params(strength, generator)
+    factors = torch.tensor([[float("nan") if f is None else f for f in factors]])
+    return vv.jitter_clips(video[None], torch.tensor([order]), factors)[0]
+
+
 def test_zero_strength_jitter_is_identity():
     x = torch.rand(3, 2, 6, 6)
-    assert torch.equal(vv.color_jitter(x, (0.0, 0.0, 0.0, 0.0), gen(0)), x)
+    assert torch.equal(color_jitter(x, (0.0, 0.0, 0.0, 0.0), gen(0)), x)
 
 
 # a few pixels (one frame) with flat, saturated, dark and bright colours
@@ -235,7 +242,7 @@ def test_color_jitter_matches_reference_in_the_drawn_order():
         expected = PIXELS
         for i in order:
             expected = REFERENCES[i](expected, factors[i])
-        got = as_pixels(vv.color_jitter(pixel_tensor(), strength, gen(seed)))
+        got = as_pixels(color_jitter(pixel_tensor(), strength, gen(seed)))
         for g, e in zip(got, expected):
             assert g == pytest.approx(e, abs=1e-5)
     assert len(orders) > 1

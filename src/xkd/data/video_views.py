@@ -229,14 +229,6 @@ def jitter_clips(clips: Tensor, order: Tensor, factors: Tensor) -> Tensor:
     return clips
 
 
-def color_jitter(video: Tensor, strength: Sequence[float], generator: torch.Generator) -> Tensor:
-    """torchvision ColorJitter with factors drawn once for the whole clip. video: [3, T, H, W]."""
-    order, factors = color_jitter_params(strength, generator)
-    skipped = float("nan")
-    factors_ = torch.tensor([[skipped if f is None else f for f in factors]], dtype=video.dtype)
-    return jitter_clips(video[None], torch.tensor([order]), factors_.to(video.device))[0]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # blur and normalisation
 
