@@ -182,12 +182,12 @@ def learning_curves(out: Path, chosen: list[Variant], per_seed: dict[int, dict[s
         randoms = {f"random init (seed {baseline_seed(s)})": random_encoders(base, baseline_seed(s)) for s in seeds}
         ceilings = {f"supervised (seed {s})": load(out / v.name / f"seed{s}") for v in chosen if v.supervised
                     for s in seeds}
-        curves, scored = score_curves(runs, tasks, opts, references={**randoms, **ceilings})
+        curves, results = score_curves(runs, tasks, opts, references={**randoms, **ceilings})
         references = {}
         for label, names in ((f"random init ({len(seeds)} seeds)", randoms), (f"supervised ceiling ({len(seeds)} "
                                                                               "seeds)", ceilings)):
             if names:
-                references[label] = {t.name: _mean_std([scored[n][t.name]["summary"]["top1"]["mean"] for n in names])
+                references[label] = {t.name: _mean_std([results[n][t.name]["summary"]["top1"]["mean"] for n in names])
                                      for t in tasks}
         saved = {"key": key, "tasks": [t.name for t in tasks], "curves": curves, "references": references}
         saved_path.write_text(json.dumps(saved, indent=2))
@@ -239,8 +239,8 @@ def run_ablations(
     decoded = decode_training_split(avdigits_recipe("xkd", version), [f"data.manifest={manifest}", *(overrides or [])],
                                     out / "decoded", workers, progress)
     per_seed: dict[int, dict[str, dict]] = {}
+    snapshot_every = steps // curve_points if curve_points > 1 else 0
     for seed in seeds:
-        snapshot_every = steps // curve_points if curve_points > 1 else 0
         common = [f"data.manifest={manifest}", "data.num_workers=0", f"data.decoded_cache={decoded}",
                   f"run.seed={seed}", f"run.log_every={max(1, min(10, steps // 10))}",
                   f"run.snapshot_every={snapshot_every}", *(overrides or [])]
