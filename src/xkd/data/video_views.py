@@ -3,9 +3,9 @@
 Every op acts on a float clip ``video: [C, T, H, W]`` with values in [0, 1] and treats all frames alike, so an
 augmented clip stays temporally consistent; the colour, blur and normalisation ops also take a batch of clips
 ``[B, C, T, H, W]`` with one factor per clip (a tensor broadcast against it), which is how :func:`finish_views` applies
-a batch's views on the training device (``data.video_views_on: device``). The ops follow torchvision's tensor semantics (re-implemented here;
-torchvision is not a dependency). All randomness comes from a ``torch.Generator`` argument, so a view is
-reproducible from its seed.
+a batch's views on the training device (``data.video_views_on: device``). The ops follow torchvision's tensor
+semantics (re-implemented here; torchvision is not a dependency). All randomness comes from a ``torch.Generator``
+argument, so a view is reproducible from its seed.
 """
 
 from __future__ import annotations
@@ -248,8 +248,9 @@ def gaussian_blur(video: Tensor, kernel_size: int, sigma: float | Tensor) -> Ten
         raise ValueError(f"kernel_size must be odd, got {kernel_size}")
     *lead, h, w = video.shape
     planes = math.prod(lead)
-    per_clip = planes // torch.as_tensor(sigma).numel()  # frames of one clip (C T)
-    kernel = gaussian_kernel1d(kernel_size, torch.as_tensor(sigma, device=video.device)).to(video)
+    sigma = torch.as_tensor(sigma, device=video.device)
+    per_clip = planes // sigma.numel()  # frames of one clip (C T)
+    kernel = gaussian_kernel1d(kernel_size, sigma).to(video)
     kernel = kernel.reshape(-1, kernel_size).repeat_interleave(per_clip, dim=0)  # [planes, k]: each plane its clip's
     pad = kernel_size // 2
     x = F.pad(video.reshape(1, planes, h, w), (pad, pad, pad, pad), mode="reflect")
