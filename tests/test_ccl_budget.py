@@ -8,11 +8,12 @@ import torch
 
 import xkd.ccl.train as ccl_train
 from test_ccl_train import setup  # noqa: F401 (the tiny labelled set and its config)
-from xkd.ccl.benchmark import budget_schedule, budget_table, plot_label_efficiency, run_dir
+from xkd.ccl.benchmark import budget_schedule, budget_table, gain_table, plot_label_efficiency, run_dir
 from xkd.ccl.config import CCLConfig, CCLDataConfig
 from xkd.ccl.data import label_budget
 from xkd.ccl.method import CCL
 from xkd.ccl.train import train_ccl
+from xkd.cli import main
 from xkd.config_io import load_config
 from xkd.data.manifest import Manifest, ManifestRow
 from xkd.engine.checkpoint import latest_checkpoint, load_checkpoint
@@ -120,6 +121,30 @@ def test_budget_tables_and_the_label_efficiency_plot(tmp_path):
     assert "| 10 | 32.0 ± 2.8 | 72.0 ± 2.8 |" in distill  # the baseline's runs serve both readings
     assert "| all | 89.0 ± 1.4 | 86.0 ± 1.4 |" in budget_table(tmp_path, "digit", ["baseline", "ccl-a"], [0, 1],
                                                              [10, 0], "drop")
+    gains = gain_table(tmp_path, "digit", ["baseline", "ccl-a"], [0, 1, 2], [10, 0], "distill")
+    assert "| labelled videos per class | CCL-A | 2 × baseline std |" in gains
+    assert "| 10 | +40.0 ± 0.0 (n=2) | 5.7 |" in gains  # paired by seed: 0.70 - 0.30 and 0.74 - 0.34
+    assert "| all | -3.0 ± 2.8 (n=2) | 2.8 |" in gains
+    (run_dir(tmp_path, "digit", "ccl-a", 0, 10, "distill") / "results.json").unlink()
+    assert "| 10 | +40.0 (n=1) | 5.7 |" in gain_table(tmp_path, "digit", ["baseline", "ccl-a"], [0, 1, 2], [10],
+                                                      "distill")  # one run: no spread to show
     path = plot_label_efficiency(tmp_path, "digit", ["baseline", "ccl-a"], [0, 1], [10, 0], ["drop", "distill"],
                                  tmp_path / "plot.png")
     assert path.stat().st_size > 10_000
+
+
+def test_the_grid_writes_its_tables_from_finished_runs_without_training(tmp_path, monkeypatch, capsys):
+    for seed, (base, distilled) in enumerate([(0.30, 0.70), (0.34, 0.74)]):
+        for variant, reading, top1 in [("baseline", "drop", base), ("ccl-a", "distill", distilled)]:
+            folder = run_dir(tmp_path, "digit", variant, seed, 10, reading)
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps({"split": "test", "test": {"top1": top1}}))
+    monkeypatch.setattr("xkd.ccl.benchmark.train_ccl", lambda *a, **k: pytest.fail("--table-only trained a run"))
+    assert main(["ccl-grid", "--config", "unread.yaml", "--out", str(tmp_path), "--labels", "digit", "--variants",
+                 "baseline", "ccl-a", "--seeds", "0", "1", "2", "--labels-per-class", "10", "--unlabelled", "drop",
+                 "distill", "--table-only"]) == 0
+    table = (tmp_path / "table.md").read_text()
+    assert "### digit, reading `distill`: gain over the baseline" in table
+    assert "| 10 | 32.0 ± 2.8 (n=2) | 72.0 ± 2.8 (n=2) |" in table  # the missing seed is said, not hidden
+    assert "| 10 | n/a | 5.7 |" in table  # no ccl-a run in the drop reading
+    assert (tmp_path / "label_efficiency_digit.png").is_file() and "table written" in capsys.readouterr().out

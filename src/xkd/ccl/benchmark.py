@@ -8,8 +8,9 @@ in ``<out>/<label>/budget<n>-<reading>/<variant>/seed<k>`` (reading ``drop``: th
 every label, validated as often: its epochs, milestones and validation interval are scaled by (training videos /
 labelled videos). A finished run (with
 ``results.json``) is skipped and an interrupted one resumes, so the command can be restarted. The tables go to
-``<out>/table.md``; with budgets, one table per (label, reading) and a label-efficiency plot per label,
-``<out>/label_efficiency_<label>.png``.
+``<out>/table.md``; with budgets, per (label, reading) a table of top-1 and one of the teachers' gain over the
+baseline, and a label-efficiency plot per label, ``<out>/label_efficiency_<label>.png``. A cell that holds fewer
+seeds than asked for says how many.
 """
 
 from __future__ import annotations
@@ -57,10 +58,12 @@ def budget_schedule(cfg: CCLConfig) -> list[str]:
 
 def run_grid(config: str | Path, out: str | Path, labels: Sequence[str], variants: Sequence[str],
              seeds: Sequence[int], overrides: Sequence[str] = (), progress: bool = True,
-             budgets: Sequence[int] = (0,), readings: Sequence[str] = ("drop",)) -> Path:
-    """Train the missing runs of the grid, then write and return ``<out>/table.md`` (and the plots)."""
+             budgets: Sequence[int] = (0,), readings: Sequence[str] = ("drop",),
+             train: bool = True) -> Path:
+    """Train the missing runs of the grid (none with ``train=False``), then write and return ``<out>/table.md``
+    (and the plots) from the finished runs."""
     out = Path(out)
-    for seed in seeds:  # seed outermost: an interrupted grid has every cell with as many seeds as possible
+    for seed in seeds if train else ():  # seed outermost: an interrupted grid has every cell with as many seeds as possible
         for label in labels:
             for budget in budgets:
                 for reading in readings if budget else ("drop",):
@@ -83,6 +86,9 @@ def run_grid(config: str | Path, out: str | Path, labels: Sequence[str], variant
         for reading in readings:
             tables.append(f"### {label}, reading `{reading}`\n\n"
                           + budget_table(out, label, variants, seeds, budgets, reading))
+            if "baseline" in variants and len(variants) > 1:
+                tables.append(f"### {label}, reading `{reading}`: gain over the baseline\n\n"
+                              + gain_table(out, label, variants, seeds, budgets, reading))
         plot_label_efficiency(out, label, variants, seeds, budgets, readings,
                               out / f"label_efficiency_{label}.png")
     path.write_text("\n".join(tables))
@@ -96,9 +102,11 @@ def _test_top1(folder: Path) -> float | None:
     return result[result["split"]]["top1"]
 
 
-def _budget_values(out: Path, label: str, variant: str, seeds: Sequence[int], budget: int, reading: str) -> list:
-    found = [_test_top1(run_dir(out, label, variant, s, budget, reading)) for s in seeds]
-    return [v for v in found if v is not None]
+def _budget_values(out: Path, label: str, variant: str, seeds: Sequence[int], budget: int,
+                   reading: str) -> dict[int, float]:
+    """{seed: test top-1} of the finished runs of one cell."""
+    found = {s: _test_top1(run_dir(out, label, variant, s, budget, reading)) for s in seeds}
+    return {s: v for s, v in found.items() if v is not None}
 
 
 def budget_table(out: str | Path, label: str, variants: Sequence[str], seeds: Sequence[int],
@@ -111,7 +119,31 @@ def budget_table(out: str | Path, label: str, variants: Sequence[str], seeds: Se
     rows = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(variants)]
     for budget in budgets:
         cells = [str(budget) if budget else "all"]
-        cells += [_cell(_budget_values(out, label, v, seeds, budget, reading)) for v in variants]
+        cells += [_cell(list(_budget_values(out, label, v, seeds, budget, reading).values()), len(seeds))
+                  for v in variants]
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def gain_table(out: str | Path, label: str, variants: Sequence[str], seeds: Sequence[int],
+               budgets: Sequence[int], reading: str) -> str:
+    """Markdown: one row per budget, one column per teacher variant: its test top-1 minus the baseline's of the same
+    seed (the same labelled videos), in points, mean ± sample std over the seeds both finished; last, twice the
+    baseline's sample std (the yardstick a margin must clear)."""
+    out = Path(out)
+    short = {"ccl-a": "CCL-A", "ccl-i": "CCL-I", "ccl-ai": "CCL-AI"}
+    teachers = [v for v in variants if v != "baseline"]
+    header = ["labelled videos per class"] + [short.get(v, v) for v in teachers] + ["2 × baseline std"]
+    rows = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(teachers) + 1)]
+    for budget in budgets:
+        base = _budget_values(out, label, "baseline", seeds, budget, reading)
+        cells = [str(budget) if budget else "all"]
+        for variant in teachers:
+            found = _budget_values(out, label, variant, seeds, budget, reading)
+            gains = [found[s] - base[s] for s in seeds if s in found and s in base]
+            cells.append(_cell(gains, len(seeds), signed=True))
+        spread = 2 * 100 * np.std(list(base.values()), ddof=1) if len(base) > 1 else float("nan")
+        cells.append("n/a" if np.isnan(spread) else f"{spread:.1f}")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -128,7 +160,7 @@ def plot_label_efficiency(out: Path, label: str, variants: Sequence[str], seeds:
     for i, reading in enumerate(readings):
         ax = fig.add_subplot(1, len(readings), i + 1)
         for variant in variants:
-            points = [(xs[b], 100 * np.asarray(_budget_values(out, label, variant, seeds, b, reading)))
+            points = [(xs[b], 100 * np.fromiter(_budget_values(out, label, variant, seeds, b, reading).values(), float))
                       for b in sorted(budgets, key=lambda b: xs[b])]
             points = [(x, v) for x, v in points if len(v)]
             if not points:
@@ -150,11 +182,15 @@ def plot_label_efficiency(out: Path, label: str, variants: Sequence[str], seeds:
     return path
 
 
-def _cell(values: list[float]) -> str:
+def _cell(values: list[float], expected: int = 0, signed: bool = False) -> str:
+    """Mean ± sample std in % of fractions (the value alone for one run); "(n=k)" when fewer than ``expected``
+    seeds finished."""
     if not values:
         return "n/a"
     mean, std = mean_std(100.0 * np.asarray(values), ddof=1 if len(values) > 1 else 0)
-    return f"{mean:.1f} ± {std:.1f}"
+    text = f"{mean:+.1f}" if signed else f"{mean:.1f}"
+    text += f" ± {std:.1f}" if len(values) > 1 or expected <= 1 else ""
+    return text + (f" (n={len(values)})" if len(values) < expected else "")
 
 
 def results_table(out: str | Path, labels: Sequence[str], variants: Sequence[str], seeds: Sequence[int]) -> str:
@@ -168,8 +204,8 @@ def results_table(out: str | Path, labels: Sequence[str], variants: Sequence[str
         for label in labels:
             found = [json.loads((run_dir(out, label, variant, s) / RESULTS).read_text()) for s in seeds
                      if (run_dir(out, label, variant, s) / RESULTS).is_file()]
-            cells.append(_cell([r[r["split"]]["top1"] for r in found]))
-            cells.append(_cell([r["retrieval"]["R@1"] for r in found if "retrieval" in r]))
+            cells.append(_cell([r[r["split"]]["top1"] for r in found], len(seeds)))
+            cells.append(_cell([r["retrieval"]["R@1"] for r in found if "retrieval" in r], len(seeds)))
             minutes += [r["train_seconds"] / 60 for r in found]
         cells.append(f"{np.mean(minutes):.1f}" if minutes else "n/a")
         rows.append("| " + " | ".join(cells) + " |")

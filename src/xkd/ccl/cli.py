@@ -40,7 +40,8 @@ def _cmd_grid(args) -> int:
     from xkd.ccl.benchmark import run_grid
 
     table = run_grid(args.config, args.out, args.labels, args.variants, args.seeds, args.set,
-                     progress=not args.no_progress, budgets=args.labels_per_class, readings=args.unlabelled)
+                     progress=not args.no_progress, budgets=args.labels_per_class, readings=args.unlabelled,
+                     train=not args.table_only)
     print(table.read_text(), end="")
     print(f"table written: {table}")
     return 0
@@ -89,8 +90,9 @@ def add_ccl_parser(sub) -> None:
                     "write <out>/table.md (test top-1 and R@1, mean ± sample std over seeds). With\n"
                     "--labels-per-class, one run per budget too (0 = every label), in each reading of the videos\n"
                     "without a label (--unlabelled: drop = unused, distill = in the teacher terms), each as long in\n"
-                    "steps as the recipe with every label; then one table per label and reading (a row per budget)\n"
-                    "and <out>/label_efficiency_<label>.png.",
+                    "steps as the recipe with every label; then per label and reading a table of top-1 and one of\n"
+                    "the teachers' gain over the baseline of the same seed (a row per budget), and\n"
+                    "<out>/label_efficiency_<label>.png.",
         formatter_class=HelpFormatter,
     )
     grid.add_argument("--config", required=True, help="YAML config file")
@@ -104,5 +106,8 @@ def add_ccl_parser(sub) -> None:
                       help="what a budget run does with the other training videos (data.unlabelled)")
     grid.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config key in every run (repeatable)")
+    grid.add_argument("--table-only", action="store_true",
+                      help="train nothing: write the tables and plots from the runs finished so far (a cell with "
+                           "fewer seeds than asked for says how many)")
     grid.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     grid.set_defaults(func=_cmd_grid)
