@@ -150,15 +150,15 @@ def gain_table(out: str | Path, label: str, variants: Sequence[str], seeds: Sequ
 
 def plot_label_efficiency(out: Path, label: str, variants: Sequence[str], seeds: Sequence[int],
                           budgets: Sequence[int], readings: Sequence[str], path: Path) -> Path:
-    """One panel per reading: test top-1 (%) against labelled videos per class (log axis; "all" drawn at the
-    largest class size), a line per variant with the seeds' sample std shaded."""
+    """One panel per reading (a shared top-1 axis): test top-1 (%) against labelled videos per class (log axis;
+    "all" drawn at twice the largest budget), a line per variant with the seeds' sample std shaded."""
     from matplotlib.figure import Figure
 
     everything = max(budgets) * 2 if 0 in budgets and max(budgets) else 1
     xs = {b: b if b else everything for b in budgets}
     fig = Figure(figsize=(4.6 * len(readings), 3.6))
     for i, reading in enumerate(readings):
-        ax = fig.add_subplot(1, len(readings), i + 1)
+        ax = fig.add_subplot(1, len(readings), i + 1, sharey=fig.axes[0] if fig.axes else None)
         for variant in variants:
             points = [(xs[b], 100 * np.fromiter(_budget_values(out, label, variant, seeds, b, reading).values(), float))
                       for b in sorted(budgets, key=lambda b: xs[b])]
@@ -171,6 +171,7 @@ def plot_label_efficiency(out: Path, label: str, variants: Sequence[str], seeds:
             line, = ax.plot(x, mean, marker="o", ms=3, label=VARIANT_NAMES.get(variant, variant))
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log")
+        ax.minorticks_off()  # only the budgets are labelled
         ax.set_xticks([xs[b] for b in budgets], [str(b) if b else "all" for b in budgets])
         ax.set_xlabel("labelled videos per class")
         ax.set_ylabel(f"{label} test top-1 (%)")
