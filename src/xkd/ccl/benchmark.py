@@ -31,6 +31,7 @@ from xkd.eval.metrics import mean_std
 
 VARIANT_NAMES = {"baseline": "Baseline (CE only)", "ccl-a": "CCL-A (audio teacher)", "ccl-i": "CCL-I (image teacher)",
                  "ccl-ai": "CCL-AI (both)"}
+SHORT_NAMES = {"baseline": "Baseline", "ccl-a": "CCL-A", "ccl-i": "CCL-I", "ccl-ai": "CCL-AI"}  # table headers
 
 
 READINGS = ("drop", "distill")
@@ -63,7 +64,8 @@ def run_grid(config: str | Path, out: str | Path, labels: Sequence[str], variant
     """Train the missing runs of the grid (none with ``train=False``), then write and return ``<out>/table.md``
     (and the plots) from the finished runs."""
     out = Path(out)
-    for seed in seeds if train else ():  # seed outermost: an interrupted grid has every cell with as many seeds as possible
+    # seed outermost: an interrupted grid has every cell with as many seeds as possible
+    for seed in seeds if train else ():
         for label in labels:
             for budget in budgets:
                 for reading in readings if budget else ("drop",):
@@ -114,8 +116,7 @@ def budget_table(out: str | Path, label: str, variants: Sequence[str], seeds: Se
     """Markdown: one row per budget (first cell: labelled videos per class, "all" for every label), one column per
     variant: test top-1 (%, mean ± sample std over seeds)."""
     out = Path(out)
-    short = {"baseline": "Baseline", "ccl-a": "CCL-A", "ccl-i": "CCL-I", "ccl-ai": "CCL-AI"}
-    header = ["labelled videos per class"] + [short.get(v, v) for v in variants]
+    header = ["labelled videos per class"] + [SHORT_NAMES.get(v, v) for v in variants]
     rows = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(variants)]
     for budget in budgets:
         cells = [str(budget) if budget else "all"]
@@ -131,9 +132,8 @@ def gain_table(out: str | Path, label: str, variants: Sequence[str], seeds: Sequ
     seed (the same labelled videos), in points, mean ± sample std over the seeds both finished; last, twice the
     baseline's sample std (the yardstick a margin must clear)."""
     out = Path(out)
-    short = {"ccl-a": "CCL-A", "ccl-i": "CCL-I", "ccl-ai": "CCL-AI"}
     teachers = [v for v in variants if v != "baseline"]
-    header = ["labelled videos per class"] + [short.get(v, v) for v in teachers] + ["2 × baseline std"]
+    header = ["labelled videos per class"] + [SHORT_NAMES.get(v, v) for v in teachers] + ["2 × baseline std"]
     rows = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(teachers) + 1)]
     for budget in budgets:
         base = _budget_values(out, label, "baseline", seeds, budget, reading)
@@ -142,8 +142,7 @@ def gain_table(out: str | Path, label: str, variants: Sequence[str], seeds: Sequ
             found = _budget_values(out, label, variant, seeds, budget, reading)
             gains = [found[s] - base[s] for s in seeds if s in found and s in base]
             cells.append(_cell(gains, len(seeds), signed=True))
-        spread = 2 * 100 * np.std(list(base.values()), ddof=1) if len(base) > 1 else float("nan")
-        cells.append("n/a" if np.isnan(spread) else f"{spread:.1f}")
+        cells.append(f"{200 * np.std(list(base.values()), ddof=1):.1f}" if len(base) > 1 else "n/a")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows) + "\n"
 
