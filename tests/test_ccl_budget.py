@@ -148,3 +148,5 @@ def test_the_grid_writes_its_tables_from_finished_runs_without_training(tmp_path
     assert "| 10 | 32.0 ± 2.8 (n=2) | 72.0 ± 2.8 (n=2) |" in table  # the missing seed is said, not hidden
     assert "| 10 | n/a | 5.7 |" in table  # no ccl-a run in the drop reading
     assert (tmp_path / "label_efficiency_digit.png").is_file() and "table written" in capsys.readouterr().out
+    assert main(["ccl-grid", "--config", "unread.yaml", "--out", str(tmp_path / "typo"), "--table-only"]) != 0
+    assert "typo: no such folder" in capsys.readouterr().err

@@ -64,6 +64,8 @@ def run_grid(config: str | Path, out: str | Path, labels: Sequence[str], variant
     """Train the missing runs of the grid (none with ``train=False``), then write and return ``<out>/table.md``
     (and the plots) from the finished runs."""
     out = Path(out)
+    if not train and not out.is_dir():
+        raise FileNotFoundError(f"{out}: no such folder (--table-only tabulates the runs of an existing grid)")
     # seed outermost: an interrupted grid has every cell with as many seeds as possible
     for seed in seeds if train else ():
         for label in labels:
